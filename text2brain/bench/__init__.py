@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m text2brain.bench {render,...}` print their figures and the machine."""

@@ -1,0 +1,299 @@
+"""A plain JSON Lines format for a user's own full-text corpus, and a small sentence splitter.
+
+One JSON object per line, one line per article::
+
+    {"id": "12345", "title": "...", "keywords": ["working memory", "fMRI"],
+     "abstract": "...", "discussion": ["First sentence.", "Second sentence."],
+     "tables": [{"table_id": "t1", "caption": "Table 1. Activations for ...",
+                 "peaks": [[-42, 18, 24], [38, 20, 22]]}]}
+
+Fields:
+
+- ``id`` (required): string or integer, unique in the file.
+- ``tables`` (required): list of tables; each has ``peaks`` (list of ``[x, y, z]`` in MNI mm),
+  and optionally ``table_id`` (string or integer; default: the table's 1-based position) and
+  ``caption`` (string).
+- ``title``, ``abstract`` (optional): strings.
+- ``keywords`` (optional): list of strings, or one string split on ``;``. Whitespace around each
+  keyword is stripped, case is kept, empty keywords are dropped.
+- ``discussion`` (optional): list of sentences, or one string split by `split_sentences`.
+- ``abstract_is_bag_of_terms`` (optional): true when the abstract is a list of vocabulary terms
+  rather than prose (as in NeuroQuery-derived corpora).
+
+Other fields are ignored. The loader never drops input silently: malformed lines, records
+without an id, duplicate ids, tables without peaks and malformed peaks are counted and
+reported, with everything `Corpus.build` removes, in one warning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from text2brain.brain import BrainSpace
+from text2brain.corpus.base import Article, Corpus, SkipReport
+
+__all__ = ["load_jsonl_corpus", "write_jsonl_corpus", "split_sentences", "normalize_keywords"]
+
+# -- sentence splitting --------------------------------------------------------------------------
+
+#: Lower-cased tokens ending in "." after which a sentence never ends. Single-letter dotted
+#: sequences such as "e.g.", "i.e." or "U.S." are recognised by pattern, not listed here.
+ABBREVIATIONS = frozenset(
+    {
+        "al.", "approx.", "ca.", "cf.", "ch.", "co.", "dr.", "eq.", "eqs.", "fig.", "figs.",
+        "inc.", "jr.", "ltd.", "mr.", "mrs.", "ms.", "no.", "nos.", "pp.", "prof.", "ref.",
+        "refs.", "resp.", "sec.", "sect.", "sr.", "st.", "suppl.", "tab.", "vol.", "vs.",
+    }
+)  # fmt: skip
+_DOTTED_INITIALS = re.compile(r"^(?:[A-Za-z]\.){2,}$")
+# End punctuation, optional closing quotes/brackets, whitespace, then (after an optional
+# opening bracket or quote) an uppercase letter or a digit.
+_BOUNDARY = re.compile(r"[.!?][\"')\]]*\s+(?=[(\[\"']?[A-Z0-9])")
+_LAST_TOKEN = re.compile(r"\S+$")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split prose into sentences with a few transparent rules (no model, no dependency).
+
+    Whitespace runs are collapsed to one space. A sentence ends at ``.``, ``!`` or ``?``
+    (optionally followed by closing quotes or brackets) when whitespace and then an uppercase
+    letter or a digit (possibly after an opening bracket or quote) follow. It does not end after
+    a known abbreviation (`ABBREVIATIONS`: "et al.", "Fig.", "vs.", ...) or a dotted sequence of
+    single letters ("e.g.", "i.e."). Lower-case continuations never start a sentence, so
+    "approx. three" or "e.g. the" stay whole without being listed.
+    """
+    text = " ".join(str(text).split())
+    if not text:
+        return []
+    sentences = []
+    start = 0
+    for match in _BOUNDARY.finditer(text):
+        end = match.start() + 1  # just after the end punctuation
+        if text[match.start()] == ".":
+            token = _LAST_TOKEN.search(text, start, end)
+            word = token.group(0).lstrip("([\"'").lower() if token else ""
+            if word in ABBREVIATIONS or _DOTTED_INITIALS.match(word):
+                continue
+        piece = text[start : match.end()].strip()
+        if piece:
+            sentences.append(piece)
+        start = match.end()
+    last = text[start:].strip()
+    if last:
+        sentences.append(last)
+    return sentences
+
+
+def normalize_keywords(value: Any) -> tuple[str, ...]:
+    """Keywords as a tuple of stripped, non-empty strings (case kept); a string splits on ';'."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        items: Iterable[Any] = value.split(";")
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        items = [value]
+    return tuple(s for s in (str(k).strip() for k in items if k is not None) if s)
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def load_jsonl_corpus(path: str | PathLike, space: BrainSpace, name: str | None = None) -> Corpus:
+    """Read a JSON Lines corpus (format in this module's docstring) into a cleaned `Corpus`.
+
+    Raises FileNotFoundError if `path` does not exist and ValueError if no line of it is a
+    JSON object. Bad records are skipped and counted; `name` defaults to the file's stem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"JSONL corpus {str(path)!r} does not exist")
+    name = name if name is not None else path.stem
+    report = SkipReport()
+    articles: list[Article] = []
+    seen: set[str] = set()
+    ids: list[str] = []
+    table_ids: list[str] = []
+    xs: list[float] = []
+    ys: list[float] = []
+    zs: list[float] = []
+    n_lines = n_objects = 0
+    first_error = ""
+
+    with path.open(encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            n_lines += 1
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                first_error = first_error or f"line {line_number}: {err}"
+                report.add("malformed JSON lines", 1)
+                continue
+            if not isinstance(record, dict):
+                first_error = first_error or f"line {line_number}: not a JSON object"
+                report.add("JSON lines that are not an object", 1)
+                continue
+            n_objects += 1
+            article_id = _record_id(record.get("id"))
+            if article_id is None:
+                report.add("records without an id", 1)
+                continue
+            if article_id in seen:
+                report.add("records with an already seen id (later lines skipped)", 1)
+                continue
+            tables = record.get("tables")
+            if not isinstance(tables, list):
+                report.add("records without a 'tables' list", 1)
+                continue
+            seen.add(article_id)
+
+            captions: dict[str, str] = {}
+            for position, table in enumerate(tables, start=1):
+                if not isinstance(table, dict):
+                    report.add("tables that are not a JSON object", 1)
+                    continue
+                peaks = table.get("peaks")
+                if not isinstance(peaks, list) or not peaks:
+                    report.add("tables without peaks", 1)
+                    continue
+                table_id = _record_id(table.get("table_id"))
+                table_id = table_id if table_id is not None else str(position)
+                n_good = 0
+                for peak in peaks:
+                    if not isinstance(peak, (list, tuple)) or len(peak) != 3:
+                        report.add("malformed peaks (not a list [x, y, z])", 1)
+                        continue
+                    x, y, z = (_to_float(v) for v in peak)
+                    ids.append(article_id)
+                    table_ids.append(table_id)
+                    xs.append(x)
+                    ys.append(y)
+                    zs.append(z)
+                    n_good += 1
+                caption = table.get("caption")
+                if n_good and isinstance(caption, str) and caption.strip():
+                    captions[table_id] = " ".join(caption.split())
+
+            articles.append(
+                Article(
+                    id=article_id,
+                    title=_text(record.get("title")),
+                    keywords=normalize_keywords(record.get("keywords")),
+                    abstract=_text(record.get("abstract")),
+                    discussion=_discussion(record.get("discussion")),
+                    table_captions=captions,
+                    abstract_is_bag_of_terms=bool(record.get("abstract_is_bag_of_terms", False)),
+                )
+            )
+
+    if n_lines == 0:
+        raise ValueError(f"JSONL corpus {str(path)!r} is empty: expected one JSON object per line")
+    if n_objects == 0:
+        raise ValueError(
+            f"JSONL corpus {str(path)!r} is not JSON Lines: none of its {n_lines} line(s) is a "
+            f"JSON object ({first_error}); expected one JSON object per line, one per article"
+        )
+    coordinates = pd.DataFrame({"id": ids, "table_id": table_ids, "x": xs, "y": ys, "z": zs})
+    return Corpus.build(name, articles, coordinates, space, skipped=report)
+
+
+def _record_id(value: Any) -> str | None:
+    """A record or table id as a non-empty string (integers allowed), else None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            return None
+        value = int(value)
+    if isinstance(value, (str, int)):
+        text = str(value).strip()
+        return text or None
+    return None
+
+
+def _to_float(value: Any) -> float:
+    """A coordinate as float; anything non-numeric becomes NaN so `Corpus.build` counts it."""
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return " ".join(str(value).split())
+
+
+def _discussion(value: Any) -> tuple[str, ...]:
+    """Sentences as given (a list), or split from a single string."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(split_sentences(value))
+    if isinstance(value, (list, tuple)):
+        return tuple(s for s in (_text(v) for v in value if v is not None) if s)
+    return tuple(split_sentences(str(value)))
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def write_jsonl_corpus(corpus: Corpus, path: str | PathLike) -> Path:
+    """Write `corpus` in the JSONL format so `load_jsonl_corpus` gives it back unchanged.
+
+    Tables are written in their order in `corpus.coordinates`; a caption is written with the
+    table it belongs to (captions of tables without peaks have no table to go with and are
+    left out). Returns the path written.
+    """
+    path = Path(path)
+    coords = corpus.coordinates
+    tables: dict[str, dict[str, list[list[float]]]] = {}
+    for article_id, table_id, x, y, z in zip(
+        coords["id"].astype(str).to_numpy(),
+        coords["table_id"].astype(str).to_numpy(),
+        coords["x"].to_numpy(dtype=float),
+        coords["y"].to_numpy(dtype=float),
+        coords["z"].to_numpy(dtype=float),
+        strict=True,
+    ):
+        tables.setdefault(article_id, {}).setdefault(table_id, []).append(
+            [float(x), float(y), float(z)]
+        )
+    with path.open("w", encoding="utf-8") as f:
+        for article in corpus.articles:
+            record: dict[str, Any] = {"id": article.id}
+            if article.title:
+                record["title"] = article.title
+            if article.keywords:
+                record["keywords"] = list(article.keywords)
+            if article.abstract:
+                record["abstract"] = article.abstract
+            if article.abstract_is_bag_of_terms:
+                record["abstract_is_bag_of_terms"] = True
+            if article.discussion:
+                record["discussion"] = list(article.discussion)
+            record["tables"] = []
+            for table_id, peaks in tables.get(article.id, {}).items():
+                table: dict[str, Any] = {"table_id": table_id}
+                caption = article.table_captions.get(table_id)
+                if caption:
+                    table["caption"] = caption
+                table["peaks"] = peaks
+                record["tables"].append(table)
+            f.write(json.dumps(record, ensure_ascii=False))
+            f.write("\n")
+    return path
