@@ -171,70 +171,77 @@ class BrainSpace:
         return fwhm * FWHM_TO_SIGMA / self.voxel_size
 
 
-def render_peak_groups(
-    group: np.ndarray,
-    xyz: np.ndarray,
-    weights: np.ndarray,
-    n_groups: int,
-    space: BrainSpace,
-    fwhm: float = 9.0,
-    snap_to_voxel: bool = False,
-    chunk_peaks: int = 8192,
-) -> np.ndarray:
-    """Sum of weighted Gaussians per group -> float32 array (n_groups, n_voxels).
+class Renderer:
+    """Renders peaks on one space with one kernel; build once, call per batch or corpus."""
 
-    `group[i]` is the row of peak i (0 <= group < n_groups), `weights[i]` its amplitude. The
-    kernel is a Gaussian density sampled at voxel centres (a peak on a voxel centre gives the
-    same map as smoothing a unit count image), truncated at 4 sigma per axis. Peaks must be
-    finite; those whose nearest voxel is outside the grid are dropped with a warning.
+    def __init__(self, space: BrainSpace, fwhm: float = 9.0) -> None:
+        self.space = space
+        self.fwhm = fwhm
+        self.kernel = _WindowedKernel(space, fwhm)
 
-    Why it is fast: groups are processed in blocks of about `chunk_peaks` peaks, each block
-    accumulated into a small buffer with one extra "trash" column that collects the kernel
-    mass falling outside the mask, through a lookup table padded by the kernel radius, so the
-    inner loop is one gather, one broadcast add and one scatter-add, with no bounds checks.
-    """
-    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
-    group = np.asarray(group, dtype=np.int64)
-    weights = np.asarray(weights, dtype=np.float32)
-    if not (len(group) == len(xyz) == len(weights)):
-        raise ValueError("group, xyz and weights must have one entry per peak")
-    if not np.isfinite(xyz).all():
-        bad = np.flatnonzero(~np.isfinite(xyz).all(axis=1))
-        raise ValueError(
-            f"{len(bad)} peak(s) have NaN or infinite coordinates (first at row {bad[0]}); "
-            "drop or fix them before rendering"
-        )
-    if len(group) and (group.min() < 0 or group.max() >= n_groups):
-        raise ValueError(f"group indices must lie in [0, {n_groups})")
-    inside = space.contains_mm(xyz)
-    if not inside.all():
-        warnings.warn(
-            f"dropped {int((~inside).sum()):,} of {len(xyz):,} peaks outside the "
-            f"{space.shape} grid",
-            stacklevel=2,
-        )
-        xyz, group, weights = xyz[inside], group[inside], weights[inside]
+    def __call__(
+        self,
+        group: np.ndarray,
+        xyz: np.ndarray,
+        weights: np.ndarray,
+        n_groups: int,
+        snap_to_voxel: bool = False,
+        chunk_peaks: int = 8192,
+    ) -> np.ndarray:
+        """Sum of weighted Gaussians per group -> float32 array (n_groups, n_voxels).
 
-    kernel = _WindowedKernel(space, fwhm)
-    voxel = space.mm_to_voxel(xyz)
-    if snap_to_voxel:
-        voxel = np.rint(voxel)
-    order = np.argsort(group, kind="stable")
-    group, voxel, weights = group[order], voxel[order], weights[order]
+        `group[i]` is the row of peak i (0 <= group < n_groups), `weights[i]` its amplitude.
+        The kernel is a Gaussian density sampled at voxel centres (a peak on a voxel centre
+        gives the same map as smoothing a unit count image), truncated at 4 sigma. Peaks must
+        be finite; those whose nearest voxel is outside the grid are dropped with a warning.
 
-    n_mask = space.n_voxels
-    out = np.empty((n_groups, n_mask), dtype=np.float32)
-    groups_per_block = max(1, chunk_peaks * n_groups // max(1, len(group)))
-    for g0 in range(0, n_groups, groups_per_block):
-        g1 = min(n_groups, g0 + groups_per_block)
-        p0, p1 = np.searchsorted(group, [g0, g1])
-        block = torch.zeros((g1 - g0, n_mask + 1), dtype=torch.float32)
-        if p1 > p0:
-            target, value = kernel.window(voxel[p0:p1], weights[p0:p1])
-            target += torch.from_numpy(group[p0:p1] - g0).view(-1, 1) * (n_mask + 1)
-            block.view(-1).index_add_(0, target.view(-1), value.view(-1))
-        out[g0:g1] = block[:, :n_mask].numpy()
-    return out
+        Why it is fast: groups are processed in blocks of about `chunk_peaks` peaks, each
+        accumulated into a small buffer with one extra "trash" column that collects the kernel
+        mass falling outside the mask, through a lookup table padded by the kernel radius, so
+        the inner loop is one gather, one broadcast add and one scatter-add, no bounds checks.
+        """
+        space = self.space
+        xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+        group = np.asarray(group, dtype=np.int64)
+        weights = np.asarray(weights, dtype=np.float32)
+        if not (len(group) == len(xyz) == len(weights)):
+            raise ValueError("group, xyz and weights must have one entry per peak")
+        if not np.isfinite(xyz).all():
+            bad = np.flatnonzero(~np.isfinite(xyz).all(axis=1))
+            raise ValueError(
+                f"{len(bad)} peak(s) have NaN or infinite coordinates (first at row {bad[0]}); "
+                "drop or fix them before rendering"
+            )
+        if len(group) and (group.min() < 0 or group.max() >= n_groups):
+            raise ValueError(f"group indices must lie in [0, {n_groups})")
+        inside = space.contains_mm(xyz)
+        if not inside.all():
+            warnings.warn(
+                f"dropped {int((~inside).sum()):,} of {len(xyz):,} peaks outside the "
+                f"{space.shape} grid",
+                stacklevel=2,
+            )
+            xyz, group, weights = xyz[inside], group[inside], weights[inside]
+
+        voxel = space.mm_to_voxel(xyz)
+        if snap_to_voxel:
+            voxel = np.rint(voxel)
+        order = np.argsort(group, kind="stable")
+        group, voxel, weights = group[order], voxel[order], weights[order]
+
+        n_mask = space.n_voxels
+        out = np.empty((n_groups, n_mask), dtype=np.float32)
+        groups_per_block = max(1, chunk_peaks * n_groups // max(1, len(group)))
+        for g0 in range(0, n_groups, groups_per_block):
+            g1 = min(n_groups, g0 + groups_per_block)
+            p0, p1 = np.searchsorted(group, [g0, g1])
+            block = torch.zeros((g1 - g0, n_mask + 1), dtype=torch.float32)
+            if p1 > p0:
+                target, value = self.kernel.window(voxel[p0:p1], weights[p0:p1])
+                target += torch.from_numpy(group[p0:p1] - g0).view(-1, 1) * (n_mask + 1)
+                block.view(-1).index_add_(0, target.view(-1), value.view(-1))
+            out[g0:g1] = block[:, :n_mask].numpy()
+        return out
 
 
 class _WindowedKernel:
@@ -277,6 +284,20 @@ class _WindowedKernel:
         value = torch.exp_(d2.mul_(-0.5))
         value *= torch.from_numpy((weights * self.norm).astype(np.float32)).view(-1, 1)
         return target, value
+
+
+def render_peak_groups(
+    group: np.ndarray,
+    xyz: np.ndarray,
+    weights: np.ndarray,
+    n_groups: int,
+    space: BrainSpace,
+    fwhm: float = 9.0,
+    snap_to_voxel: bool = False,
+    chunk_peaks: int = 8192,
+) -> np.ndarray:
+    """One-off `Renderer(space, fwhm)(...)`; see `Renderer.__call__`."""
+    return Renderer(space, fwhm)(group, xyz, weights, n_groups, snap_to_voxel, chunk_peaks)
 
 
 def render_article_maps(

