@@ -13,13 +13,9 @@ import pytest
 
 from text2brain.brain import BrainSpace
 from text2brain.corpus.base import Article, Corpus
-from text2brain.corpus.jsonl import (
-    load_jsonl_corpus,
-    normalize_keywords,
-    split_sentences,
-    write_jsonl_corpus,
-)
+from text2brain.corpus.jsonl import load_jsonl_corpus, normalize_keywords, write_jsonl_corpus
 from text2brain.corpus.pubget import discussion_sentences, load_pubget_corpus
+from text2brain.text import split_sentences
 
 
 @pytest.fixture

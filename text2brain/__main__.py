@@ -1,0 +1,3 @@
+from text2brain.cli import main
+
+main()

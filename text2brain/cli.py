@@ -1,0 +1,62 @@
+"""The `text2brain` command.
+
+`text2brain prepare` fetches and verifies a corpus, builds (or checks) its split and renders its
+article maps into the cache, so that later training and evaluation start at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def prepare(argv: list[str]) -> None:
+    from text2brain.data import TextMapDataModule
+
+    parser = argparse.ArgumentParser(prog="text2brain prepare", description=prepare.__doc__)
+    parser.add_argument(
+        "--corpus", default="neuroquery", help="neuroquery, a .jsonl file or a pubget folder"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="NeuroQuery files folder (default: $TEXT2BRAIN_DATA_DIR or cache)",
+    )
+    parser.add_argument(
+        "--mask", default=None, help="NIfTI brain mask (default: NeuroQuery's 4 mm mask)"
+    )
+    parser.add_argument("--split-file", default=None, help="split JSON to use or create")
+    parser.add_argument("--fwhm", type=float, default=9.0)
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    data = TextMapDataModule(
+        corpus=args.corpus,
+        data_dir=args.data_dir,
+        mask=args.mask,
+        split_file=args.split_file,
+        fwhm=args.fwhm,
+        tokenizer=None,
+    )
+    data.prepare_data()
+    data.setup()
+    for stage in ("train", "val", "test"):
+        data.article_maps(stage)
+    stats = ", ".join(f"{k} {v:,}" for k, v in data.split.stats.items())
+    print(
+        f"corpus {data.corpus.name!r}: {len(data.corpus):,} articles on a {data.space.shape} grid"
+    )
+    print(f"split: {stats}")
+    print(f"ready in {time.perf_counter() - start:.1f} s")
+
+
+COMMANDS = {"prepare": prepare}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        names = "|".join(COMMANDS)
+        sys.exit(f"usage: text2brain {{{names}}} [options]   (text2brain COMMAND --help)")
+    COMMANDS[argv[0]](argv[1:])
