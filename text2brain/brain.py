@@ -192,8 +192,10 @@ class Renderer:
 
         `group[i]` is the row of peak i (0 <= group < n_groups), `weights[i]` its amplitude.
         The kernel is a Gaussian density sampled at voxel centres (a peak on a voxel centre
-        gives the same map as smoothing a unit count image), truncated at 4 sigma. Peaks must
+        gives the same map as smoothing a unit count image), truncated at 4 sigma (an ellipsoidal
+        window; scipy's is a cube, a difference below 1e-4 of the maximum). Peaks must
         be finite; those whose nearest voxel is outside the grid are dropped with a warning.
+        The window of a peak is every voxel that can lie within 4 sigma of it (an ellipsoid).
 
         Why it is fast: groups are processed in blocks of about `chunk_peaks` peaks, each
         accumulated into a small buffer with one extra "trash" column that collects the kernel
@@ -206,12 +208,7 @@ class Renderer:
         weights = np.asarray(weights, dtype=np.float32)
         if not (len(group) == len(xyz) == len(weights)):
             raise ValueError("group, xyz and weights must have one entry per peak")
-        if not np.isfinite(xyz).all():
-            bad = np.flatnonzero(~np.isfinite(xyz).all(axis=1))
-            raise ValueError(
-                f"{len(bad)} peak(s) have NaN or infinite coordinates (first at row {bad[0]}); "
-                "drop or fix them before rendering"
-            )
+        _require_finite(xyz)
         if len(group) and (group.min() < 0 or group.max() >= n_groups):
             raise ValueError(f"group indices must lie in [0, {n_groups})")
         inside = space.contains_mm(xyz)
@@ -311,13 +308,14 @@ def render_article_maps(
     `coordinates` has columns id, table_id, x, y, z (MNI mm). Returns (ids, maps) with ids in
     order of first appearance and maps float32 (n_articles, n_voxels) on `space` (default the
     NeuroQuery 4 mm grid). A table map is the sum of a Gaussian of `fwhm` mm at each peak.
+    Peaks outside the grid are dropped first (with a warning), so a table or article with no
+    peak left does not count.
     """
     space = space if space is not None else BrainSpace.neuroquery()
-    ids, article_of_peak, table_of_peak, n_tables = _index_tables(coordinates)
+    coordinates, xyz = _inside_grid(coordinates, space)
+    ids, article_of_peak, _, n_tables = _index_tables(coordinates)
     weights = 1.0 / n_tables[article_of_peak]
-    maps = render_peak_groups(
-        article_of_peak, _xyz(coordinates), weights, len(ids), space, fwhm, snap_to_voxel
-    )
+    maps = Renderer(space, fwhm)(article_of_peak, xyz, weights, len(ids), snap_to_voxel)
     return ids, maps
 
 
@@ -329,13 +327,38 @@ def render_table_maps(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """One map per table: returns (tables with columns id, table_id; maps float32)."""
     space = space if space is not None else BrainSpace.neuroquery()
+    coordinates, xyz = _inside_grid(coordinates, space)
     _, _, table_of_peak, _ = _index_tables(coordinates)
     keys = coordinates[["id", "table_id"]].drop_duplicates().reset_index(drop=True)
     weights = np.ones(len(coordinates), dtype=np.float32)
-    maps = render_peak_groups(
-        table_of_peak, _xyz(coordinates), weights, len(keys), space, fwhm, snap_to_voxel
-    )
+    maps = Renderer(space, fwhm)(table_of_peak, xyz, weights, len(keys), snap_to_voxel)
     return keys, maps
+
+
+def _require_finite(xyz: np.ndarray) -> None:
+    if not np.isfinite(xyz).all():
+        bad = np.flatnonzero(~np.isfinite(xyz).all(axis=1))
+        raise ValueError(
+            f"{len(bad)} peak(s) have NaN or infinite coordinates (first at row {bad[0]}); "
+            "drop or fix them before rendering"
+        )
+
+
+def _inside_grid(coordinates: pd.DataFrame, space: BrainSpace) -> tuple[pd.DataFrame, np.ndarray]:
+    """The peaks whose nearest voxel is in the grid (the others dropped with a warning)."""
+    xyz = _xyz(coordinates)
+    _require_finite(xyz)
+    inside = space.contains_mm(xyz)
+    if inside.all():
+        return coordinates, xyz
+    kept = coordinates[inside]
+    lost = coordinates["id"].nunique() - kept["id"].nunique()
+    warnings.warn(
+        f"dropped {int((~inside).sum()):,} of {len(xyz):,} peaks outside the {space.shape} "
+        f"grid ({lost:,} articles left without peaks)",
+        stacklevel=3,
+    )
+    return kept, xyz[inside]
 
 
 def _xyz(coordinates: pd.DataFrame) -> np.ndarray:
@@ -357,8 +380,12 @@ def _index_tables(
     table_codes, _ = pd.factorize(
         pd.MultiIndex.from_arrays([coordinates["id"], coordinates["table_id"]]), sort=False
     )
-    if (article_codes < 0).any() or (table_codes < 0).any():
-        raise ValueError("coordinates have missing id or table_id values")
+    missing = coordinates["id"].isna() | coordinates["table_id"].isna()
+    if missing.any():
+        raise ValueError(
+            f"{int(missing.sum())} coordinate row(s) have a missing id or table_id "
+            f"(first at row {int(np.flatnonzero(missing)[0])})"
+        )
     first_peak_of_table = np.unique(table_codes, return_index=True)[1]
     n_tables = np.bincount(article_codes[first_peak_of_table], minlength=len(ids))
     return np.asarray(ids), article_codes, table_codes, n_tables.astype(np.float32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -88,9 +88,11 @@ class Corpus:
         unknown = [i for i in ids if i not in self._index]
         if unknown:
             raise KeyError(f"{len(unknown)} ids not in corpus {self.name!r}, e.g. {unknown[:3]}")
-        keep = set(ids)
-        coords = self.coordinates[self.coordinates["id"].isin(keep)].reset_index(drop=True)
-        return Corpus(self.name, [self.articles[self._index[i]] for i in ids], coords)
+        position = {article_id: i for i, article_id in enumerate(ids)}
+        coords = self.coordinates[self.coordinates["id"].isin(position)]
+        coords = coords.iloc[np.argsort(coords["id"].map(position).to_numpy(), kind="stable")]
+        articles = [self.articles[self._index[i]] for i in ids]
+        return Corpus(self.name, articles, coords.reset_index(drop=True), self.skipped)
 
     @classmethod
     def build(
@@ -121,10 +123,10 @@ class Corpus:
         for article in articles:
             if not isinstance(article.id, str) or not article.id.strip():
                 report.add("articles with a missing id", 1)
-            elif article.id in unique:
+            elif article.id.strip() in unique:
                 report.add("duplicate article records", 1)
             else:
-                unique[article.id] = article
+                unique[article.id.strip()] = replace(article, id=article.id.strip())
 
         known = coords["id"].isin(unique.keys())
         report.add("peaks of articles with no article record", int((~known).sum()))

@@ -9,10 +9,10 @@ table captions (only labels such as "Table 2").
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from functools import partial
@@ -137,26 +137,33 @@ def fetch_neuroquery(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def _download(url: str, path: Path, expected: str) -> None:
+    """Download to a hidden temporary file, verify, then move into place; never leave a part."""
+    tmp: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                shutil.copyfileobj(response, tmp)
-    except (urllib.error.URLError, OSError) as err:
-        if "tmp" in locals():
-            Path(tmp.name).unlink(missing_ok=True)
-        raise CorpusFileError(
-            f"NeuroQuery file {path.name} is missing from {path.parent} and could not be "
-            f"downloaded from {url} ({err}). Offline? Copy the NeuroQuery files into a folder "
-            f"and point {DATA_DIR_ENV} (or the data module's data_dir) at it."
-        ) from err
-    actual = sha256_of(Path(tmp.name))
-    if actual != expected:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise CorpusFileError(
-            f"download of {url} has sha256 {actual}, expected {expected}; try again later"
-        )
-    os.replace(tmp.name, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(
+                dir=path.parent, prefix=f".{path.name}.", suffix=".part", delete=False
+            ) as file:
+                tmp = Path(file.name)
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    shutil.copyfileobj(response, file)
+        except (OSError, http.client.HTTPException) as err:  # URLError is an OSError
+            raise CorpusFileError(
+                f"NeuroQuery file {path.name} is missing from {path.parent} and could not be "
+                f"downloaded from {url} ({err!r}). Offline? Copy the NeuroQuery files into a "
+                f"folder and point {DATA_DIR_ENV} (or the data module's data_dir) at it."
+            ) from err
+        actual = sha256_of(tmp)
+        if actual != expected:
+            raise CorpusFileError(
+                f"download of {url} has sha256 {actual}, expected {expected}; try again later"
+            )
+        os.replace(tmp, path)
+        tmp = None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def load_neuroquery(

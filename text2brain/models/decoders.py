@@ -154,7 +154,8 @@ class Text2BrainDecoder(nn.Module):
         self.seed_shape = _shape3(seed_shape, "seed_shape")
         self.seed_channels = seed_channels
         self.channels = _channels(channels, "channels")
-        make_norm(norm, 1), make_activation(activation)  # fail early with the list of choices
+        make_norm(norm, 1)  # fail early, with the list of choices
+        make_activation(activation)
 
         self.project = nn.Sequential(
             nn.Dropout(_dropout(dropout)),
@@ -264,7 +265,8 @@ class BrainEncoder(nn.Module):
             self.grid_shape if output_crop is None else _shape3(output_crop, "output_crop")
         )
         self.output_offset = _placement(self.grid_shape, self.output_crop, output_offset)
-        make_norm(norm, 1), make_activation(activation)  # fail early with the list of choices
+        make_norm(norm, 1)  # fail early, with the list of choices
+        make_activation(activation)
 
         blocks: list[nn.Module] = []
         previous, side = 1, self.output_crop

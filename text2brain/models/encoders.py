@@ -68,7 +68,7 @@ def load_tokenizer(name_or_path: str = DEFAULT_ENCODER) -> Any:
     path = resolve_pretrained(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(path, use_fast=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with context, original chained
+    except Exception as exc:  # re-raised with context; original chained
         raise _load_error("tokenizer", name_or_path, exc) from exc
 
 
@@ -135,7 +135,7 @@ class TextEncoder(nn.Module):
             else:
                 model = AutoModel.from_config(AutoConfig.from_pretrained(self._path))
                 missing = []
-        except Exception as exc:  # noqa: BLE001 - re-raised with context, original chained
+        except Exception as exc:  # re-raised with context; original chained
             raise _load_error("model", name_or_path, exc) from exc
         self.model = model
 
@@ -172,9 +172,11 @@ class TextEncoder(nn.Module):
         if gradient_checkpointing:
             if not getattr(model, "supports_gradient_checkpointing", False):
                 raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            kwargs = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         # Tokenizer outputs the model's forward accepts (DistilBERT takes no token_type_ids).
         params = inspect.signature(model.forward).parameters
         self._accepted = frozenset(params)
@@ -228,6 +230,8 @@ class TextEncoder(nn.Module):
     ) -> torch.Tensor:
         """Pooled embedding ``(batch, dim)`` from tokenizer outputs (extra keys are filtered)."""
         kwargs = {k: v for k, v in inputs.items() if k in self._accepted}
+        if "use_cache" in self._accepted:
+            kwargs["use_cache"] = False  # an encoder needs no key/value cache
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if self.pooling == "pooler":
             return out.pooler_output
