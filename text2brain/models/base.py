@@ -1,0 +1,224 @@
+"""`BrainMapModule`: what every head of the zoo shares.
+
+A head turns texts into masked brain maps (`predict_texts`) and defines its training loss; the
+base wires the rest identically for all heads so runs compare side by side: optimizer groups
+(text encoder vs head learning rates, no weight decay on norms, biases and scalars), a warm-up
++ cosine schedule stepped every optimizer step, the shared map metrics under the same names
+(`val/dice_auc`, `test/dice@10`, `val/pearson`, `val/loss`, ...), prediction, and the brain
+space (grid + mask) that travels inside every checkpoint with the format version.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from text2brain.brain import BrainSpace
+from text2brain.metrics import map_metrics
+
+#: Version of what text2brain stores in a checkpoint (under the "text2brain" key).
+CHECKPOINT_FORMAT = 1
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+class BrainMapModule(L.LightningModule):
+    """Base of every text -> brain map head.
+
+    Subclasses implement `build(space)` (modules that depend on the grid), `predict_texts` /
+    `forward(batch)` and, when they learn by gradient, `training_loss(batch)`. Parameters under
+    an attribute named `text_encoder` form the encoder optimizer group.
+
+    Args:
+        encoder_lr: learning rate of the text encoder's parameters.
+        lr: learning rate of every other parameter.
+        weight_decay: AdamW weight decay (never applied to norms, biases and scalars).
+        warmup_steps: linear warm-up length in optimizer steps (a float < 1: fraction of all).
+        schedule: decay after warm-up: cosine (to 0), linear (to 0) or constant.
+    """
+
+    #: Whether the head is trained by gradient descent (baselines fit in closed form).
+    trains_by_gradient = True
+
+    def __init__(
+        self,
+        encoder_lr: float = 3e-5,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: float = 0.05,
+        schedule: str = "cosine",
+    ) -> None:
+        super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if warmup_steps < 0:
+            raise ValueError("warmup_steps must be >= 0")
+        self.space: BrainSpace | None = None
+        self.val_metrics = map_metrics("val/")
+        self.test_metrics = map_metrics("test/")
+
+    # -- brain space --------------------------------------------------------------------------
+    def set_space(self, space: BrainSpace) -> None:
+        """Attach the grid and mask (from the data, or from a checkpoint) and build the head."""
+        if self.space is not None:
+            if self.space.to_dict() != space.to_dict():
+                raise ValueError(
+                    f"this model was built for a {self.space.shape} grid with "
+                    f"{self.space.n_voxels} mask voxels; the data uses {space.shape} with "
+                    f"{space.n_voxels}: use the same mask for training and evaluation"
+                )
+            return
+        self.space = space
+        self.register_buffer(
+            "mask_index", torch.from_numpy(space.mask.ravel().nonzero()[0]), persistent=False
+        )
+        self.build(space)
+
+    def build(self, space: BrainSpace) -> None:
+        """Create the modules that depend on the grid (called once, before training/loading)."""
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        space = getattr(datamodule, "space", None)
+        if space is None and datamodule is not None:
+            datamodule.setup(stage)
+            space = datamodule.space
+        if space is None and self.space is None:
+            raise RuntimeError("the model needs a brain space: train it with TextMapDataModule")
+        if space is not None:
+            self.set_space(space)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["text2brain"] = {
+            "format_version": CHECKPOINT_FORMAT,
+            "space": self.space.to_dict(),
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("text2brain")
+        if info is None:
+            raise ValueError(
+                "this checkpoint has no 'text2brain' section: it was not written by a "
+                "text2brain model"
+            )
+        version = info.get("format_version")
+        if version != CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"checkpoint format {version} is not supported by this text2brain (format "
+                f"{CHECKPOINT_FORMAT}); load it with the text2brain version that wrote it and "
+                "re-export it, or retrain"
+            )
+        self.set_space(BrainSpace.from_dict(info["space"]))
+
+    # -- what a head provides -----------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        """Predicted masked maps (batch, n_voxels) for a data-module batch."""
+        raise NotImplementedError
+
+    def predict_texts(self, texts: list[str]) -> Tensor:
+        """Predicted masked maps (len(texts), n_voxels) for raw texts."""
+        raise NotImplementedError
+
+    def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Loss terms; "loss" is optimised, every term is logged as train/<name>."""
+        raise NotImplementedError
+
+    def to_masked(self, volume: Tensor) -> Tensor:
+        """(batch, *grid) volumes -> (batch, n_voxels) masked vectors."""
+        return volume.flatten(1)[:, self.mask_index]
+
+    # -- steps --------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        terms = self.training_loss(batch)
+        batch_size = len(batch["text"])
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=batch_size, prog_bar=name == "loss")
+        return terms["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def _evaluate(self, batch: dict[str, Any], stage: str, metrics: nn.Module) -> None:
+        pred = self(batch).float()
+        target = batch["map"].float()
+        loss = torch.nn.functional.mse_loss(pred, self.normalise_target(target))
+        self.log(f"{stage}/loss", loss, batch_size=len(target), sync_dist=True)
+        metrics.update(pred, target)
+
+    def normalise_target(self, target: Tensor) -> Tensor:
+        """The target as the head is trained to predict it (identity unless a head says)."""
+        return target
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics)
+
+    def _log_metrics(self, metrics: nn.Module) -> None:
+        values = metrics.compute()
+        self.log_dict({k: v for k, v in values.items()}, prog_bar=False)
+        self.last_metrics = metrics
+        self.last_curves = {
+            name: metric.curve().detach().cpu()
+            for name, metric in metrics.items()
+            if name.endswith("dice_auc")
+        }
+        metrics.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return {"article_id": batch["article_id"], "text": batch["text"], "map": self(batch)}
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            part = (
+                "encoder"
+                if name.startswith("text_encoder.") or ".text_encoder." in name
+                else "head"
+            )
+            decay = param.ndim >= 2 and not getattr(param, "no_weight_decay", False)
+            groups.setdefault((part, decay), []).append(param)
+        lr = {"encoder": hp.encoder_lr, "head": hp.lr}
+        param_groups = [
+            {
+                "params": params,
+                "lr": lr[part],
+                "weight_decay": hp.weight_decay if decay else 0.0,
+                "name": f"{part}{'' if decay else '/no_decay'}",
+            }
+            for (part, decay), params in sorted(groups.items())
+        ]
+        optimizer = torch.optim.AdamW(param_groups)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = hp.warmup_steps if hp.warmup_steps >= 1 else hp.warmup_steps * total
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, int(warmup), total, hp.schedule)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at an optimizer step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,116 @@
+"""The Text2Brain head in the zoo: regression of the masked map from text (MSE on the mask)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from text2brain.brain import BrainSpace
+from text2brain.models.base import BrainMapModule
+from text2brain.models.encoders import DEFAULT_ENCODER, TextEncoder, tokenize
+from text2brain.models.text2brain.torch_model import Text2BrainNet
+
+TARGET_NORMALISATIONS = ("none", "max")
+
+
+class Text2Brain(BrainMapModule):
+    """Text2Brain: transformer text encoder + transposed-3D-CNN decoder, trained with MSE.
+
+    The loss covers mask voxels only (the original code's loss did not, while its metric did).
+    Defaults follow the paper's architecture (4x5x4x64 seed, 32/16/8 channels, batch norm,
+    Hardtanh(-6, 6), output placed at [3:-3, 3:-4, :-6] of the 4 mm grid) with the bundled
+    MiniLM encoder; `encoder: allenai/scibert_scivocab_uncased, pooling: pooler` is the paper's.
+
+    Args:
+        encoder: Hugging Face model name or local path (default: the bundled MiniLM).
+        pooling: "mean", "cls" or "pooler".
+        freeze_embeddings, freeze_layers: freeze the embeddings / the lowest N layers.
+        pretrained: False builds the encoder with random weights (tests, ablations).
+        max_length: token limit when the head tokenises raw text itself.
+        target_normalisation: "none", or "max" to divide each target by its maximum (the
+            released Text2Brain code did); predictions are then on that scale.
+        seed_channels, channels, dropout, norm, activation, output_crop, output_offset,
+            output_norm_act: the decoder (text2brain.models.decoders.Text2BrainDecoder).
+        encoder_lr, lr, weight_decay, warmup_steps, schedule: see BrainMapModule.
+    """
+
+    def __init__(
+        self,
+        encoder: str = DEFAULT_ENCODER,
+        pooling: str = "mean",
+        freeze_embeddings: bool = False,
+        freeze_layers: int = 0,
+        pretrained: bool = True,
+        max_length: int = 128,
+        target_normalisation: str = "none",
+        seed_channels: int = 64,
+        channels: list[int] | None = None,
+        dropout: float = 0.5,
+        norm: str = "batch",
+        activation: str = "hardtanh",
+        output_crop: list[int] | None = None,
+        output_offset: list[int] | None = None,
+        output_norm_act: bool = False,
+        encoder_lr: float = 3e-5,
+        lr: float = 3e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: float = 0.05,
+        schedule: str = "cosine",
+    ) -> None:
+        super().__init__(encoder_lr, lr, weight_decay, warmup_steps, schedule)
+        if target_normalisation not in TARGET_NORMALISATIONS:
+            raise ValueError(
+                f"target_normalisation must be one of {TARGET_NORMALISATIONS}, "
+                f"got {target_normalisation!r}"
+            )
+        self.save_hyperparameters()
+        self.net: Text2BrainNet | None = None
+
+    def build(self, space: BrainSpace) -> None:
+        hp = self.hparams
+        text_encoder = TextEncoder(
+            hp.encoder,
+            pooling=hp.pooling,
+            freeze_embeddings=hp.freeze_embeddings,
+            freeze_layers=hp.freeze_layers,
+            pretrained=hp.pretrained,
+        )
+        self.net = Text2BrainNet(
+            text_encoder,
+            grid_shape=space.shape,
+            seed_channels=hp.seed_channels,
+            channels=hp.channels or (32, 16, 8),
+            dropout=hp.dropout,
+            norm=hp.norm,
+            activation=hp.activation,
+            output_crop=hp.output_crop or (40, 48, 40),
+            output_offset=hp.output_offset or (3, 3, 0),
+            output_norm_act=hp.output_norm_act,
+        )
+
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        tokens = batch.get("tokens") or self.tokenize(batch["text"])
+        return self.to_masked(self.net(tokens)).float()
+
+    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
+        encoder = self.net.text_encoder
+        tokens = tokenize(
+            encoder.tokenizer, texts, min(self.hparams.max_length, encoder.max_length)
+        )
+        return {k: v.to(self.device) for k, v in tokens.items()}
+
+    @torch.inference_mode()
+    def predict_texts(self, texts: list[str]) -> Tensor:
+        return self.forward({"text": texts})
+
+    def normalise_target(self, target: Tensor) -> Tensor:
+        if self.hparams.target_normalisation == "max":
+            return target / target.amax(dim=1, keepdim=True).clamp_min(1e-12)
+        return target
+
+    def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        pred = self(batch)
+        loss = torch.nn.functional.mse_loss(pred, self.normalise_target(batch["map"].float()))
+        return {"loss": loss}
