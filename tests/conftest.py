@@ -6,14 +6,16 @@ Every test runs offline and with a private cache folder (see `_offline_and_priva
 from __future__ import annotations
 
 import os
+import string
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
+import torch
+from synthetic import TINY_VOCABULARY, ellipsoid_space, random_coordinates
 
 from text2brain.brain import BrainSpace
 from text2brain.paths import CACHE_DIR_ENV, DATA_DIR_ENV
@@ -50,21 +52,6 @@ def _offline_and_private_cache(monkeypatch: pytest.MonkeyPatch, _session_cache_d
 # -- synthetic brain space and peaks -----------------------------------------------------------
 
 
-def ellipsoid_space(
-    shape: tuple[int, int, int] = (12, 14, 12),
-    voxel_size: float = 4.0,
-    origin: tuple[float, float, float] = (-24.0, -28.0, -24.0),
-) -> BrainSpace:
-    """A box of `voxel_size` mm voxels from `origin` mm whose brain is the inscribed ellipsoid."""
-    centre = (np.asarray(shape) - 1) / 2
-    half = np.asarray(shape) / 2
-    ijk = np.indices(shape).reshape(3, -1).T
-    mask = (((ijk - centre) / half) ** 2).sum(axis=1) <= 1.0
-    affine = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
-    affine[:3, 3] = origin
-    return BrainSpace(mask.reshape(shape), affine)
-
-
 @pytest.fixture
 def small_space() -> BrainSpace:
     """A 12x14x12 grid of 4 mm voxels from (-24, -28, -24) mm, brain = inscribed ellipsoid.
@@ -73,35 +60,6 @@ def small_space() -> BrainSpace:
     (0, 0, 0) mm; the box corners are outside the mask.
     """
     return ellipsoid_space()
-
-
-def random_coordinates(
-    space: BrainSpace,
-    n_articles: int = 4,
-    max_tables: int = 3,
-    max_peaks: int = 5,
-    margin: int = 4,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Random peaks (columns id, table_id, x, y, z in mm) for articles "a0", "a1", ...
-
-    Each article gets 1..max_tables tables ("t0", ...) of 1..max_peaks peaks, at continuous
-    positions whose nearest voxel is at least `margin` voxels from every face of the grid
-    (margin 4 keeps a 9 mm FWHM kernel on a 4 mm grid clear of the grid boundary).
-    """
-    rng = np.random.default_rng(seed)
-    low = np.full(3, margin - 0.49)
-    high = np.asarray(space.shape) - 1 - margin + 0.49
-    if (high < low).any():
-        raise ValueError(f"margin {margin} leaves no room in a {space.shape} grid")
-    rows = []
-    for a in range(n_articles):
-        for t in range(int(rng.integers(1, max_tables + 1))):
-            for _ in range(int(rng.integers(1, max_peaks + 1))):
-                voxel = rng.uniform(low, high)
-                x, y, z = space.affine[:3, 3] + voxel * space.voxel_size
-                rows.append((f"a{a}", f"t{t}", x, y, z))
-    return pd.DataFrame(rows, columns=["id", "table_id", "x", "y", "z"])
 
 
 @pytest.fixture
@@ -124,3 +82,32 @@ def neuroquery_dir() -> Path:
         if (folder / NEUROQUERY_MASK).is_file():
             return folder
     pytest.skip(f"NeuroQuery corpus not found; set {DATA_DIR_ENV}")
+
+
+# -- a tiny text encoder ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer, 32-d BERT and its tokenizer saved to a folder (no downloads)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation) + list("üß痛み")
+    pieces = specials + TINY_VOCABULARY + chars + ["##" + c for c in string.ascii_lowercase + "ü"]
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(dict.fromkeys(pieces)) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file))
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -17,16 +17,61 @@ from text2brain.corpus.base import Article, Corpus
 
 TOPICS = ("vision", "audition", "motor", "memory")
 
+#: Whole-word pieces of the tiny test tokenizer (conftest.tiny_bert).
+TINY_VOCABULARY = (
+    "working memory attention pain fear reward language motor visual auditory face emotion "
+    "cortex prefrontal amygdala hippocampus insula task fmri brain activation the of and in "
+    "a to with for study number vision audition motor memory healthy adults area"
+).split()
+
+
+def ellipsoid_space(
+    shape: tuple[int, int, int] = (12, 14, 12),
+    voxel_size: float = 4.0,
+    origin: tuple[float, float, float] = (-24.0, -28.0, -24.0),
+) -> BrainSpace:
+    """A box of `voxel_size` mm voxels from `origin` mm whose brain is the inscribed ellipsoid."""
+    centre = (np.asarray(shape) - 1) / 2
+    half = np.asarray(shape) / 2
+    ijk = np.indices(shape).reshape(3, -1).T
+    mask = (((ijk - centre) / half) ** 2).sum(axis=1) <= 1.0
+    affine = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
+    affine[:3, 3] = origin
+    return BrainSpace(mask.reshape(shape), affine)
+
 
 def small_space() -> BrainSpace:
-    """A 12x14x12 grid of 4 mm voxels from (-24, -28, -24) mm with an ellipsoid mask."""
-    shape = (12, 14, 12)
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
-    centre = (np.asarray(shape) - 1) / 2
-    mask = (((grid - centre) / (np.asarray(shape) / 2)) ** 2).sum(-1) <= 1.0
-    affine = np.diag([4.0, 4.0, 4.0, 1.0])
-    affine[:3, 3] = (-24, -28, -24)
-    return BrainSpace(mask, affine)
+    """The 12x14x12 ellipsoid space every generated corpus lives in."""
+    return ellipsoid_space()
+
+
+def random_coordinates(
+    space: BrainSpace,
+    n_articles: int = 4,
+    max_tables: int = 3,
+    max_peaks: int = 5,
+    margin: int = 4,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Random peaks (columns id, table_id, x, y, z in mm) for articles "a0", "a1", ...
+
+    Each article gets 1..max_tables tables ("t0", ...) of 1..max_peaks peaks, at continuous
+    positions whose nearest voxel is at least `margin` voxels from every face of the grid
+    (margin 4 keeps a 9 mm FWHM kernel on a 4 mm grid clear of the grid boundary).
+    """
+    rng = np.random.default_rng(seed)
+    low = np.full(3, margin - 0.49)
+    high = np.asarray(space.shape) - 1 - margin + 0.49
+    if (high < low).any():
+        raise ValueError(f"margin {margin} leaves no room in a {space.shape} grid")
+    rows = []
+    for a in range(n_articles):
+        for t in range(int(rng.integers(1, max_tables + 1))):
+            for _ in range(int(rng.integers(1, max_peaks + 1))):
+                voxel = rng.uniform(low, high)
+                x, y, z = space.affine[:3, 3] + voxel * space.voxel_size
+                rows.append((f"a{a}", f"t{t}", x, y, z))
+    return pd.DataFrame(rows, columns=["id", "table_id", "x", "y", "z"])
 
 
 def topic_centres(space: BrainSpace) -> dict[str, np.ndarray]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import string
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from synthetic import TINY_VOCABULARY
 
 from text2brain.models.decoders import (
     ACTIVATIONS,
@@ -24,38 +24,6 @@ from text2brain.models.encoders import (
     resolve_pretrained,
     tokenize,
 )
-
-WORDS = (
-    "working memory attention pain fear reward language motor visual auditory face emotion "
-    "cortex prefrontal amygdala hippocampus insula task fmri brain activation the of and in "
-    "a to with for"
-).split()
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-layer, 32-d BERT and its tokenizer saved to a folder (no downloads)."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = list(string.ascii_lowercase + string.digits + string.punctuation) + list("üß痛み")
-    pieces = specials + WORDS + chars + ["##" + c for c in string.ascii_lowercase + "ü"]
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(dict.fromkeys(pieces)) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file))
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +157,7 @@ def test_default_minilm_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_tokenize_truncation_warning(tiny_tokenizer) -> None:
-    long = " ".join(WORDS)  # ~30 tokens
+    long = " ".join(TINY_VOCABULARY)  # ~30 tokens
     texts = ["fear", long, "pain", long, "a b c d e f"]  # the last is 6 + 2 = 8 tokens
     with pytest.warns(UserWarning, match="2 of 5 texts longer than 8 tokens were truncated"):
         batch = tokenize(tiny_tokenizer, texts, 8)

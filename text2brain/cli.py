@@ -1,7 +1,9 @@
 """The `text2brain` command.
 
-`text2brain prepare` fetches and verifies a corpus, builds (or checks) its split and renders its
-article maps into the cache, so that later training and evaluation start at once.
+- `text2brain fit|validate|test|predict -c configs/text2brain.yaml`: LightningCLI over every
+  model of the zoo and the shared data module (configs/ has model/, data/ and trainer/ parts).
+- `text2brain prepare`: fetch and verify a corpus, build (or check) its split and render its
+  article maps into the cache, so later training and evaluation start at once.
 """
 
 from __future__ import annotations
@@ -51,7 +53,17 @@ def prepare(argv: list[str]) -> None:
     print(f"ready in {time.perf_counter() - start:.1f} s")
 
 
-COMMANDS = {"prepare": prepare}
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def lightning(argv: list[str]) -> None:
+    """Run a LightningCLI subcommand with the zoo's models and the shared data module."""
+    from text2brain.training import run_lightning_cli
+
+    run_lightning_cli(argv)
+
+
+COMMANDS = {"prepare": prepare, **{name: None for name in LIGHTNING_COMMANDS}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,4 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in COMMANDS:
         names = "|".join(COMMANDS)
         sys.exit(f"usage: text2brain {{{names}}} [options]   (text2brain COMMAND --help)")
-    COMMANDS[argv[0]](argv[1:])
+    if argv[0] in LIGHTNING_COMMANDS:
+        lightning(argv)
+    else:
+        COMMANDS[argv[0]](argv[1:])
