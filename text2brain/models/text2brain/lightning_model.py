@@ -31,8 +31,11 @@ class Text2Brain(BrainMapModule):
         max_length: token limit when the head tokenises raw text itself.
         target_normalisation: "none", or "max" to divide each target by its maximum (the
             released Text2Brain code did); predictions are then on that scale.
-        seed_channels, channels, dropout, norm, activation, output_crop, output_offset,
-            output_norm_act: the decoder (text2brain.models.decoders.Text2BrainDecoder).
+        seed_shape, seed_channels, channels, dropout, norm, activation, output_crop,
+            output_offset, output_norm_act: the decoder (text2brain.models.decoders.
+            Text2BrainDecoder); None for seed_shape / channels / output_crop / output_offset
+            means the paper's values on the 4 mm grid: [4, 5, 4], [32, 16, 8], [40, 48, 40]
+            placed at [3, 3, 0].
         encoder_lr, lr, weight_decay, warmup_steps, schedule: see BrainMapModule.
     """
 
@@ -45,6 +48,7 @@ class Text2Brain(BrainMapModule):
         pretrained: bool = True,
         max_length: int = 128,
         target_normalisation: str = "none",
+        seed_shape: list[int] | None = None,
         seed_channels: int = 64,
         channels: list[int] | None = None,
         dropout: float = 0.5,
@@ -80,6 +84,7 @@ class Text2Brain(BrainMapModule):
         self.net = Text2BrainNet(
             text_encoder,
             grid_shape=space.shape,
+            seed_shape=hp.seed_shape or (4, 5, 4),
             seed_channels=hp.seed_channels,
             channels=hp.channels or (32, 16, 8),
             dropout=hp.dropout,

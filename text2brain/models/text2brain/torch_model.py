@@ -17,6 +17,7 @@ class Text2BrainNet(nn.Module):
         self,
         text_encoder: TextEncoder,
         grid_shape: Sequence[int],
+        seed_shape: Sequence[int] = (4, 5, 4),
         seed_channels: int = 64,
         channels: Sequence[int] = (32, 16, 8),
         dropout: float = 0.5,
@@ -31,6 +32,7 @@ class Text2BrainNet(nn.Module):
         self.decoder = Text2BrainDecoder(
             in_dim=text_encoder.dim,
             grid_shape=tuple(grid_shape),
+            seed_shape=tuple(seed_shape),
             seed_channels=seed_channels,
             channels=tuple(channels),
             dropout=dropout,
