@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"render": "text2brain.bench.render"}
+BENCHMARKS = {"render": "text2brain.bench.render", "data": "text2brain.bench.data"}
 
 
 def main() -> None:

@@ -1,0 +1,71 @@
+"""Is the data pipeline ever what a training step waits for? Lightning's profiler says.
+
+Trains the default Text2Brain model (bundled MiniLM, bf16 autocast) for a few steps on
+NeuroQuery with the shared data module and reports, from `SimpleProfiler`, the mean time the
+loop waited for the next batch against the mean time of a whole training step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import lightning as L
+from lightning.pytorch.profilers import SimpleProfiler
+
+from text2brain.bench.machine import describe_machine, peak_rss_gb
+from text2brain.data import TextMapDataModule
+from text2brain.models.text2brain import Text2Brain
+
+
+def profiled_means(profiler: SimpleProfiler) -> dict[str, float]:
+    return {
+        name: sum(durations) / len(durations)
+        for name, durations in profiler.recorded_durations.items()
+        if durations
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m text2brain.bench data", description=__doc__)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=24)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--precision", default="bf16-mixed")
+    args = parser.parse_args(argv)
+
+    print(f"machine: {describe_machine()}")
+    L.seed_everything(0, verbose=False)
+    data = TextMapDataModule(
+        data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers
+    )
+    profiler = SimpleProfiler()
+    trainer = L.Trainer(
+        max_steps=args.steps,
+        limit_val_batches=0,
+        precision=args.precision,
+        profiler=profiler,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    start = time.perf_counter()
+    trainer.fit(Text2Brain(), datamodule=data)
+    wall = time.perf_counter() - start
+    means = profiled_means(profiler)
+    wait = next(v for k, v in means.items() if k.endswith("train_dataloader_next"))
+    step = means["run_training_batch"]
+    print(
+        f"{args.steps} steps at batch {args.batch_size}, {args.precision}, "
+        f"{args.num_workers} loader workers ({wall:.0f} s with setup)"
+    )
+    print(f"mean training step (forward+backward+optimizer): {step * 1e3:.0f} ms")
+    print(f"mean wait for the next batch: {wait * 1e3:.1f} ms = {wait / step:.1%} of a step")
+    samples_per_s = args.batch_size / (step + wait)
+    print(f"throughput: {samples_per_s:.1f} samples/s; peak RSS {peak_rss_gb():.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
