@@ -282,3 +282,9 @@ def test_brain_encoder() -> None:
         encoder(torch.randn(3, 40, 48, 40))
     with pytest.raises(ValueError, match="below one voxel"):
         BrainEncoder(8, channels=[4] * 7)
+
+
+def test_pretrained_encoder_starts_in_train_mode(tiny_bert: Path) -> None:
+    """Hugging Face loads models in eval mode; ours must train with dropout like any module."""
+    encoder = TextEncoder(str(tiny_bert), pretrained=True)
+    assert encoder.training and all(m.training for m in encoder.modules())

@@ -12,6 +12,8 @@ import argparse
 import sys
 import time
 
+from text2brain.query import query
+
 
 def prepare(argv: list[str]) -> None:
     from text2brain.data import TextMapDataModule
@@ -63,7 +65,7 @@ def lightning(argv: list[str]) -> None:
     run_lightning_cli(argv)
 
 
-COMMANDS = {"prepare": prepare, **{name: None for name in LIGHTNING_COMMANDS}}
+COMMANDS = {"prepare": prepare, "query": query, **{name: None for name in LIGHTNING_COMMANDS}}
 
 
 def main(argv: list[str] | None = None) -> None:

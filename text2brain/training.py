@@ -18,8 +18,10 @@ class LogConfigCallback(SaveConfigCallback):
     """Saves config.yaml in the run folder and sends the full config to the logger (wandb)."""
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        config = self.config.clone()
+        config.pop("config", None)  # the -c file paths, jsonargparse Path objects
         for logger in trainer.loggers:
-            logger.log_hyperparams({"config": self.config.as_dict()})
+            logger.log_hyperparams({"config": config.as_dict()})
 
 
 class Text2BrainCLI(LightningCLI):
@@ -45,13 +47,15 @@ class Text2BrainCLI(LightningCLI):
 
 def run_lightning_cli(argv: list[str]) -> Text2BrainCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # `args` carries the command line; an empty sys.argv keeps LightningCLI from warning that
-    # both were given (it reads one or the other).
-    with mock.patch.object(sys, "argv", sys.argv[:1]):
-        return _make_cli(argv)
+    # The command line goes through sys.argv (LightningCLI reads it when `args` is None), not
+    # through `args`: Lightning's DDP launcher starts the other ranks by re-running
+    # `sys.executable <script or -m module> sys.argv[1:]`, so sys.argv must hold this command
+    # while the trainer runs, or the ranks > 0 start without a subcommand and exit.
+    with mock.patch.object(sys, "argv", [*sys.argv[:1], *argv]):
+        return _make_cli()
 
 
-def _make_cli(argv: list[str]) -> Text2BrainCLI:
+def _make_cli() -> Text2BrainCLI:
     return Text2BrainCLI(
         BrainMapModule,
         TextMapDataModule,
@@ -59,6 +63,6 @@ def _make_cli(argv: list[str]) -> Text2BrainCLI:
         subclass_mode_data=False,
         save_config_callback=LogConfigCallback,
         save_config_kwargs={"overwrite": True},
-        args=argv,
+        args=None,
         auto_configure_optimizers=False,
     )

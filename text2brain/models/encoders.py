@@ -137,7 +137,9 @@ class TextEncoder(nn.Module):
                 missing = []
         except Exception as exc:  # re-raised with context; original chained
             raise _load_error("model", name_or_path, exc) from exc
-        self.model = model
+        # from_pretrained returns the model in eval mode; a new nn.Module is in train mode, and
+        # Lightning no longer forces train() at fit start, so dropout would silently stay off.
+        self.model = model.train()
 
         if pooling == "pooler":
             if getattr(model, "pooler", None) is None:

@@ -1,0 +1,442 @@
+"""Inference from a checkpoint (`text2brain.inference`) and the `text2brain query` command.
+
+One tiny Text2Brain is trained for two steps by a real Lightning run and saved once per module,
+so the loader is tested on what `text2brain fit` writes, not on a hand-made imitation.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from synthetic import make_corpus, small_space, write_mask
+
+import text2brain
+from text2brain import inference
+from text2brain.cli import main
+from text2brain.inference import CheckpointError, Predictor, load_predictor
+from text2brain.paths import CACHE_DIR_ENV
+from text2brain.query import file_stems, slugify
+
+TEXTS = ["working memory", "move the tongue", "pain", "fear of faces in the amygdala"]
+UNICODE_TEXT = "Schmerz über 痛み 🧠"
+TINY_HEAD = {
+    "pretrained": False,
+    "seed_shape": [1, 1, 1],
+    "seed_channels": 8,
+    "channels": [8, 4, 4],
+    "output_crop": [12, 14, 12],
+    "output_offset": [0, 0, 0],
+}
+
+
+# -- a checkpoint written by Lightning ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Any:
+    """Tiny models run fastest on one thread (and far faster on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    """A 2-step Text2Brain run on the synthetic corpus, saved by `Trainer.save_checkpoint`."""
+    from text2brain.corpus.jsonl import write_jsonl_corpus
+    from text2brain.data import TextMapDataModule
+    from text2brain.models.text2brain import Text2Brain
+
+    tmp = tmp_path_factory.mktemp("inference")
+    space = small_space()
+    corpus = write_jsonl_corpus(make_corpus(space), tmp / "corpus.jsonl")
+    mask = write_mask(space, tmp / "mask.nii.gz")
+    with pytest.MonkeyPatch.context() as mp:  # module scope: the autouse cache fixture is later
+        mp.setenv(CACHE_DIR_ENV, str(tmp / "cache"))
+        data = TextMapDataModule(
+            corpus=str(corpus),
+            mask=str(mask),
+            split_file=str(tmp / "split.json"),
+            n_test=8,
+            n_val=8,
+            keyword_max_df=0.05,
+            tokenizer=str(tiny_bert),
+            batch_size=8,
+            num_workers=0,
+        )
+        L.seed_everything(0, verbose=False)
+        model = Text2Brain(encoder=str(tiny_bert), **TINY_HEAD)
+        trainer = L.Trainer(
+            max_steps=2,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            devices=1,
+        )
+        trainer.fit(model, datamodule=data)
+        path = tmp / "tiny.ckpt"
+        trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint: Path) -> Predictor:
+    return load_predictor(checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def _ckpt_dict(checkpoint: Path) -> dict[str, Any]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture
+def ckpt_dict(_ckpt_dict: dict[str, Any]) -> dict[str, Any]:
+    """A private copy of the checkpoint's contents, to break and save again."""
+    return copy.deepcopy(_ckpt_dict)
+
+
+def _volume(image: nib.Nifti1Image) -> np.ndarray:
+    return np.asarray(image.get_fdata(dtype=np.float32))
+
+
+# -- prediction --------------------------------------------------------------------------------
+
+
+def test_predict_maps_are_the_models_maps_on_its_grid(predictor: Predictor) -> None:
+    space = small_space()
+    assert predictor.space.to_dict() == space.to_dict()
+    assert predictor.device == torch.device("cpu")
+    assert not predictor.model.training
+    images = predictor.predict_maps(TEXTS)
+    expected = predictor.model.predict_texts(TEXTS).numpy()
+    assert len(images) == len(TEXTS)
+    for image, vector in zip(images, expected, strict=True):
+        assert isinstance(image, nib.Nifti1Image)
+        assert image.shape == space.shape
+        assert image.get_data_dtype() == np.float32
+        np.testing.assert_allclose(image.affine, space.affine)
+        volume = _volume(image)
+        assert np.all(volume[~space.mask] == 0)
+        np.testing.assert_allclose(volume[space.mask], vector, rtol=0, atol=1e-6)
+    vectors = predictor.predict_vectors(TEXTS)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(TEXTS), space.n_voxels)
+    assert np.isfinite(vectors).all() and np.abs(vectors).max() > 0
+
+
+def test_batching_and_order_do_not_change_maps(predictor: Predictor) -> None:
+    texts = TEXTS * 2
+    whole = predictor.predict_vectors(texts, batch_size=64)
+    for batch_size in (1, 3):
+        np.testing.assert_allclose(
+            predictor.predict_vectors(texts, batch_size=batch_size), whole, rtol=0, atol=1e-5
+        )
+    reverse = predictor.predict_vectors(texts[::-1], batch_size=2)
+    np.testing.assert_allclose(reverse[::-1], whole, rtol=0, atol=1e-5)
+    assert predictor.predict_vectors([]).shape == (0, predictor.space.n_voxels)
+    assert predictor.predict_maps(()) == []
+
+
+@pytest.mark.parametrize(
+    ("texts", "error", "match"),
+    [
+        ("working memory", TypeError, r"single str; pass \[text\]"),
+        (b"working memory", TypeError, "single bytes"),
+        (None, TypeError, "list of str"),
+        (["pain", 3], TypeError, r"texts\[1\] must be a str, got int"),
+        (["pain", None], TypeError, r"texts\[1\] must be a str, got NoneType"),
+        (["pain", ""], ValueError, r"texts\[1\] is empty"),
+        (["pain", "fear", " \t\n"], ValueError, r"texts\[2\] is empty or whitespace-only"),
+    ],
+)
+def test_bad_texts_are_refused(predictor: Predictor, texts: Any, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        predictor.predict_maps(texts)
+
+
+def test_texts_are_checked_before_any_batch_runs(
+    predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(texts: list[str]) -> None:
+        raise AssertionError("the model ran before the texts were checked")
+
+    monkeypatch.setattr(predictor.model, "predict_texts", fail)
+    with pytest.raises(ValueError, match=r"texts\[70\] is empty"):
+        predictor.predict_vectors(["pain"] * 70 + [" "], batch_size=2)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        predictor.predict_vectors(["pain"], batch_size=0)
+
+
+def test_long_text_is_truncated_with_a_warning(predictor: Predictor) -> None:
+    with pytest.warns(UserWarning, match="truncated"):
+        vectors = predictor.predict_vectors(["pain", "working memory " * 300])
+    assert np.isfinite(vectors).all()
+
+
+def test_any_unicode_works(predictor: Predictor) -> None:
+    (image,) = predictor.predict_maps([UNICODE_TEXT])
+    assert np.isfinite(_volume(image)).all()
+
+
+def test_package_level_load_predictor() -> None:
+    assert text2brain.load_predictor is load_predictor
+    with pytest.raises(AttributeError):
+        text2brain.no_such_name  # noqa: B018
+
+
+def test_default_checkpoint(monkeypatch: pytest.MonkeyPatch, checkpoint: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no default checkpoint is shipped yet"):
+        load_predictor()
+    # What shipping one will look like: the constant points at a file in the package.
+    monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", checkpoint)
+    assert load_predictor(device="cpu").space.shape == small_space().shape
+    monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", checkpoint.with_name("gone.ckpt"))
+    with pytest.raises(FileNotFoundError, match="gone.ckpt"):
+        load_predictor()
+
+
+def test_inference_import_is_light() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        import text2brain
+        assert "torch" not in sys.modules, "import text2brain imported torch"
+        import text2brain.inference
+        heavy = sorted(
+            m for m in sys.modules
+            if m.split(".")[0] in ("wandb", "tensorboard", "tensorboardX")
+            or m.startswith(("text2brain.data", "text2brain.corpus", "text2brain.training"))
+        )
+        assert not heavy, heavy
+        """
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+# -- refused checkpoints -----------------------------------------------------------------------
+
+#: Set if unpickling ever calls it (it must not: text2brain never unpickles arbitrary objects).
+CALLED: list[str] = []
+
+
+def _record_call() -> object:
+    CALLED.append("unpickled")
+    return object()
+
+
+class ArbitraryObject:
+    """An object whose unpickling would run code (`_record_call`)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_record_call, ())
+
+
+def _save(obj: Any, path: Path) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        load_predictor(tmp_path / "nope.ckpt")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [np.random.default_rng(0).bytes(4096), b"", b"working memory\n", b"PK\x03\x04junk"],
+    ids=["random", "empty", "text", "zip"],
+)
+def test_not_a_torch_file(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="model.ckpt' is not a text2brain checkpoint"):
+        load_predictor(path)
+
+
+def test_arbitrary_objects_are_never_unpickled(tmp_path: Path) -> None:
+    path = _save({"state_dict": {}, "x": ArbitraryObject()}, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointError, match="never unpickles arbitrary objects") as info:
+        load_predictor(path)
+    assert "evil.ckpt" in str(info.value) and "_record_call" in str(info.value)
+    assert CALLED == []
+
+
+def test_torch_file_of_something_else(tmp_path: Path, ckpt_dict: dict[str, Any]) -> None:
+    path = _save({"weights": torch.zeros(3)}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match=r"lacks \['state_dict', 'hyper_parameters', 'text2brai"):
+        load_predictor(path)
+    del ckpt_dict["text2brain"]
+    path = _save(ckpt_dict, tmp_path / "lightning.ckpt")
+    with pytest.raises(ValueError, match=r"lightning.ckpt' is not .* lacks \['text2brain'\]"):
+        load_predictor(path)
+    path = _save([torch.zeros(3)], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="holds a list"):
+        load_predictor(path)
+
+
+@pytest.mark.parametrize(("version", "advice"), [(99, "upgrade text2brain"), (0, "re-export")])
+def test_other_format_version(
+    tmp_path: Path, ckpt_dict: dict[str, Any], version: int, advice: str
+) -> None:
+    ckpt_dict["text2brain"]["format_version"] = version
+    path = _save(ckpt_dict, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match=f"format {version}.*{advice}"):
+        load_predictor(path)
+
+
+def test_unregistered_class_is_never_imported(tmp_path: Path, ckpt_dict: dict[str, Any]) -> None:
+    ckpt_dict["text2brain"]["class_path"] = "t2b_not_a_module.Evil"
+    path = _save(ckpt_dict, tmp_path / "evil.ckpt")
+    with pytest.raises(ValueError, match="'t2b_not_a_module.Evil', which is not a registered"):
+        load_predictor(path)
+    assert "t2b_not_a_module" not in sys.modules
+
+
+def test_lightning_cli_checkpoint_with_registry_path(
+    tmp_path: Path, ckpt_dict: dict[str, Any], predictor: Predictor
+) -> None:
+    """LightningCLI adds `_class_path` / `_instantiator` hparams; the registry path names it."""
+    ckpt_dict["text2brain"]["class_path"] = "text2brain.models.text2brain.Text2Brain"
+    ckpt_dict["hyper_parameters"].update(
+        _class_path="text2brain.models.text2brain.Text2Brain",
+        _instantiator="lightning.pytorch.cli.instantiate_module",
+    )
+    loaded = load_predictor(_save(ckpt_dict, tmp_path / "cli.ckpt"), device="cpu")
+    np.testing.assert_array_equal(
+        loaded.predict_vectors(TEXTS[:2]), predictor.predict_vectors(TEXTS[:2])
+    )
+
+
+def test_weights_that_do_not_fit(tmp_path: Path, ckpt_dict: dict[str, Any]) -> None:
+    broken = copy.deepcopy(ckpt_dict)
+    del broken["state_dict"]["net.decoder.head.0.bias"]
+    broken["state_dict"]["net.extra.weight"] = torch.zeros(2)
+    path = _save(broken, tmp_path / "broken.ckpt")
+    with pytest.raises(ValueError, match="broken.ckpt") as info:
+        load_predictor(path)
+    message = str(info.value)
+    assert "1 missing: net.decoder.head.0.bias" in message
+    assert "1 unexpected: net.extra.weight" in message
+    # Hyper-parameters describing another decoder: the shapes disagree.
+    ckpt_dict["hyper_parameters"]["channels"] = [8, 8, 4]
+    path = _save(ckpt_dict, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match=r"with another shape: net\.decoder\.blocks\.1\.0"):
+        load_predictor(path)
+
+
+def test_unknown_hyper_parameters(tmp_path: Path, ckpt_dict: dict[str, Any]) -> None:
+    ckpt_dict["hyper_parameters"]["future_option"] = 1
+    path = _save(ckpt_dict, tmp_path / "future.ckpt")
+    with pytest.raises(ValueError, match=r"\['future_option'\] that Text2Brain does not take"):
+        load_predictor(path)
+
+
+def test_bad_device(checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="invalid device"):
+        load_predictor(checkpoint, device="gpu-please")
+
+
+# -- text2brain query --------------------------------------------------------------------------
+
+
+def test_slugs_and_file_names() -> None:
+    assert slugify("Working memory (2-back)!") == "working_memory_2_back"
+    assert slugify(UNICODE_TEXT) == "schmerz_uber"
+    assert slugify("痛み") == "query"
+    assert len(slugify("word " * 50)) <= 60 and not slugify("word " * 50).endswith("_")
+    assert file_stems(["pain", "pain"]) == ["000_pain", "001_pain"]
+    assert file_stems(["x"] * 1001)[-1] == "1000_x"
+
+
+def test_query_command_writes_maps_and_pictures(
+    tmp_path: Path, checkpoint: Path, predictor: Predictor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    queries_file = tmp_path / "queries.txt"
+    queries_file.write_text("\n   \nfear of faces\n", encoding="utf-8")
+    out = tmp_path / "maps"
+    argv = ["query", UNICODE_TEXT, "--queries-file", str(queries_file), "--png", "--html"]
+    main(argv + ["--ckpt", str(checkpoint), "-o", str(out), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert "skipped 2 blank line(s)" in captured.err
+    assert str(out) in captured.out
+    queries = [UNICODE_TEXT, "fear of faces"]
+    stems = ["000_schmerz_uber", "001_fear_of_faces"]
+    expected = predictor.predict_vectors(queries)
+    space = predictor.space
+    for stem, vector in zip(stems, expected, strict=True):
+        image = nib.load(out / f"{stem}.nii.gz")
+        np.testing.assert_allclose(image.affine, space.affine)
+        np.testing.assert_allclose(_volume(image)[space.mask], vector, rtol=0, atol=1e-6)
+        assert (out / f"{stem}.png").read_bytes().startswith(b"\x89PNG")
+        html = (out / f"{stem}.html").read_text(encoding="utf-8")
+        assert html.lower().startswith("<!doctype html")
+        assert f"{stem}.nii.gz" in captured.out
+    index = (out / "queries.tsv").read_text(encoding="utf-8").splitlines()
+    assert index == [
+        "file\tquery",
+        f"000_schmerz_uber.nii.gz\t{UNICODE_TEXT}",
+        "001_fear_of_faces.nii.gz\tfear of faces",
+    ]
+
+
+def test_query_command_many_queries_from_stdin(
+    tmp_path: Path,
+    checkpoint: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    queries = [f"pain {i}" for i in range(11)] + ["pain 0"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(queries) + "\n"))
+    out = tmp_path / "many"
+    main(["query", "--queries-file", "-", "--ckpt", str(checkpoint), "-o", str(out)])
+    names = sorted(p.name for p in out.iterdir())
+    assert names[0] == "000_pain_0.nii.gz" and names[-2] == "011_pain_0.nii.gz"
+    assert names[-1] == "queries.tsv" and len(names) == 13  # no pictures unless asked
+    captured = capsys.readouterr()
+    assert "wrote 12 map(s)" in captured.out
+    assert "12/12" in captured.err  # the progress bar
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pain", "  "], r"query 2 \('  '\) is empty"),
+        ([], "no query given"),
+        (["pain", "--ckpt", "{tmp}/missing.ckpt"], "missing.ckpt' does not exist"),
+        (["pain", "--ckpt", "{tmp}/junk.ckpt"], "junk.ckpt' is not a text2brain checkpoint"),
+        (["pain", "--queries-file", "{tmp}/none.txt"], "cannot read queries file"),
+        (["pain"], "no default checkpoint is shipped yet"),
+    ],
+)
+def test_query_command_errors_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    (tmp_path / "junk.ckpt").write_bytes(os.urandom(256))
+    argv = ["query", *(a.format(tmp=tmp_path) for a in args), "-o", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("text2brain query: error: ") and "\n" not in err
+    assert "Traceback" not in err
+    assert re.search(message, err), err

@@ -1,0 +1,354 @@
+"""Text -> brain maps from a trained checkpoint, for users rather than training runs.
+
+```python
+from text2brain.inference import load_predictor
+
+predictor = load_predictor("checkpoints/run/best.ckpt")
+images = predictor.predict_maps(["working memory", "move the tongue"])  # NIfTI images
+```
+
+Why a separate loader rather than `LightningModule.load_from_checkpoint`: that one unpickles
+the file (a checkpoint can run arbitrary code when unpickled) and imports whatever class path
+the file names. Here the file is read with `torch.load(weights_only=True)` only, the class must
+be one of the zoo's registered heads, and every problem (not a checkpoint, another format
+version, weights that do not fit) is a `CheckpointError` that names the file and says what to do.
+
+This module stays light on purpose (no data pipeline, no experiment loggers): a process that
+only predicts maps should not pay for, or depend on, what training needs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from text2brain.brain import BrainSpace
+from text2brain.models.base import CHECKPOINT_FORMAT, BrainMapModule
+
+__all__ = ["DEFAULT_CHECKPOINT", "CheckpointError", "Predictor", "load_predictor"]
+
+#: The released default model, a file inside the installed package once one is shipped
+#: (e.g. ``Path(__file__).parent / "checkpoints" / "text2brain-minilm.ckpt"``); None until then.
+DEFAULT_CHECKPOINT: Path | None = None
+
+#: What every text2brain checkpoint holds (Lightning's keys plus text2brain's own section).
+REQUIRED_KEYS = ("state_dict", "hyper_parameters", "text2brain")
+#: How many keys of each kind a state-dict mismatch message lists before "...".
+_SHOWN_KEYS = 5
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be loaded as a text2brain checkpoint (the message says why)."""
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def load_predictor(
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> Predictor:
+    """Load a checkpoint written by `text2brain fit` (or `Trainer.save_checkpoint`) for inference.
+
+    Args:
+        checkpoint: path of the ``.ckpt`` file; None means the released default model.
+        device: where the model runs; default "cuda" when available, else "cpu".
+
+    Raises:
+        FileNotFoundError: the file does not exist (or no default model is shipped yet).
+        CheckpointError (a ValueError): the file is not a text2brain checkpoint, needs
+            arbitrary unpickling, has another format version, names an unregistered model or
+            holds weights that do not fit the model its hyper-parameters describe.
+    """
+    path = _checkpoint_path(checkpoint)
+    target = _resolve_device(device)
+    ckpt = _read_checkpoint(path)
+    info = ckpt["text2brain"]
+    cls = _registered_class(
+        path, info.get("class_path") or ckpt["hyper_parameters"].get("_class_path")
+    )
+    model = _build_model(path, cls, ckpt)
+    _load_weights(path, model, ckpt["state_dict"])
+    model.eval().requires_grad_(False)
+    return Predictor(model, target)
+
+
+def _checkpoint_path(checkpoint: str | os.PathLike | None) -> Path:
+    if checkpoint is None:
+        if DEFAULT_CHECKPOINT is None:
+            raise FileNotFoundError(
+                "no default checkpoint is shipped yet; pass the path of a checkpoint written by "
+                "`text2brain fit`"
+            )
+        if not Path(DEFAULT_CHECKPOINT).is_file():
+            raise FileNotFoundError(
+                f"the default checkpoint {str(DEFAULT_CHECKPOINT)!r} is missing from this "
+                "installation; reinstall text2brain or pass the path of a checkpoint"
+            )
+        return Path(DEFAULT_CHECKPOINT)
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
+    path = Path(checkpoint).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is a folder; pass the path of a .ckpt file")
+    return path
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """The requested device, checked now so a bad one fails before the (slow) model load."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"invalid device {device!r}: {err}") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
+    return resolved
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint dict, read without ever unpickling arbitrary objects."""
+    try:
+        with warnings.catch_warnings():  # said of any plain pickle; the error below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as err:  # torch raises many types for files that are not checkpoints
+        unsafe = re.search(r"(?:GLOBAL|Unsupported class)\s+([\w.]+)", str(err))
+        if isinstance(err, (pickle.UnpicklingError, RuntimeError)) and unsafe:
+            raise CheckpointError(
+                f"{str(path)!r} holds a Python object of type {unsafe.group(1)} that can only "
+                "be loaded by arbitrary unpickling, which can run any code; text2brain never "
+                "unpickles arbitrary objects. Re-save it with plain tensors and containers "
+                "(as `text2brain fit` writes checkpoints)"
+            ) from err
+        reason = _torch_load_reason(err)
+        raise CheckpointError(
+            f"{str(path)!r} is not a text2brain checkpoint: torch.load cannot read it ({reason})"
+        ) from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(
+            f"{str(path)!r} is not a text2brain checkpoint: it holds a {type(ckpt).__name__}, "
+            "not a checkpoint dict"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{str(path)!r} is not a text2brain checkpoint: it lacks {missing} (expected the "
+            f"keys {list(REQUIRED_KEYS)} that a text2brain model writes through Lightning, as "
+            "`text2brain fit` does)"
+        )
+    info, hparams, state = ckpt["text2brain"], ckpt["hyper_parameters"], ckpt["state_dict"]
+    if not (isinstance(info, dict) and isinstance(hparams, dict) and isinstance(state, dict)):
+        raise CheckpointError(
+            f"{str(path)!r} is not a text2brain checkpoint: 'text2brain', 'hyper_parameters' "
+            "and 'state_dict' must be dicts"
+        )
+    version = info.get("format_version")
+    if version != CHECKPOINT_FORMAT:
+        how = (
+            "upgrade text2brain (pip install -U text2brain)"
+            if isinstance(version, int) and version > CHECKPOINT_FORMAT
+            else "load it with the text2brain version that wrote it and re-export it, or retrain"
+        )
+        raise CheckpointError(
+            f"{str(path)!r} has text2brain checkpoint format {version!r}, but this text2brain "
+            f"reads format {CHECKPOINT_FORMAT}: {how}"
+        )
+    try:
+        BrainSpace.from_dict(info["space"])
+    except Exception as err:  # any malformed space description
+        raise CheckpointError(
+            f"{str(path)!r} has no valid brain space in its 'text2brain' section: {err}"
+        ) from err
+    return ckpt
+
+
+def _torch_load_reason(err: BaseException) -> str:
+    """The gist of a torch.load failure, without torch's advice to retry with weights_only=False.
+
+    That advice is wrong here: for a file that is no checkpoint it would only unpickle garbage.
+    """
+    message = " ".join(str(err).split())
+    inner = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", message)
+    if inner:
+        return inner.group(1).strip()[:200]
+    return f"{type(err).__name__}: {message}"[:200] if message else type(err).__name__
+
+
+def _registered_class(path: Path, class_path: Any) -> type[BrainMapModule]:
+    """The registered head the checkpoint names; the file's class path is never imported.
+
+    A checkpoint records the class's module path (`...text2brain.lightning_model.Text2Brain`),
+    the registry its public path (`...text2brain.Text2Brain`): both name the same class, so each
+    registered class is resolved and matched by either name.
+    """
+    from text2brain.models import MODELS, model_class
+
+    if isinstance(class_path, str):
+        for name, registered in MODELS.items():
+            cls = model_class(name)
+            if class_path in (name, registered, f"{cls.__module__}.{cls.__qualname__}"):
+                return cls
+    if class_path is None:
+        raise CheckpointError(f"{str(path)!r} does not record which model class wrote it")
+    raise CheckpointError(
+        f"{str(path)!r} names the model class {class_path!r}, which is not a registered "
+        f"text2brain model (registered: {sorted(MODELS.values())}); only registered models "
+        "can be loaded"
+    )
+
+
+def _build_model(path: Path, cls: type[BrainMapModule], ckpt: dict[str, Any]) -> BrainMapModule:
+    """The head from the checkpoint's hyper-parameters, with its grid-dependent modules built.
+
+    `pretrained=False`: the weights come from the checkpoint, so fetching the encoder's original
+    weights would be wasted time (and a download for hub encoders); its architecture and
+    tokenizer still come from the encoder name or folder in the hyper-parameters.
+    """
+    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not str(k).startswith("_")}
+    params = inspect.signature(cls.__init__).parameters
+    if "pretrained" in params:
+        hparams["pretrained"] = False
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(hparams) - set(params))
+    if unknown and not takes_any:
+        raise CheckpointError(
+            f"{str(path)!r} has hyper-parameters {unknown} that {cls.__name__} does not take; "
+            "it was probably written by another text2brain version: load it with that version"
+        )
+    try:
+        model = cls(**hparams)
+        model.on_load_checkpoint(ckpt)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot build {cls.__name__} from {str(path)!r}: {' '.join(str(err).split())}"
+        ) from err
+    return model
+
+
+def _load_weights(path: Path, model: BrainMapModule, state: dict[str, Any]) -> None:
+    """Load the weights strictly; a mismatch is summarised (the model's own error is a wall)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = []
+    for key in expected:
+        if key not in state:
+            continue
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            mismatched.append(f"{key} (a {type(value).__name__}, not a tensor)")
+        elif value.shape != expected[key].shape:
+            mismatched.append(
+                f"{key} (checkpoint {tuple(value.shape)}, model {tuple(expected[key].shape)})"
+            )
+    problems = [
+        f"{len(keys)} {kind}: {', '.join(keys[:_SHOWN_KEYS])}"
+        + (", ..." if len(keys) > _SHOWN_KEYS else "")
+        for kind, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("with another shape", mismatched),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"the weights in {str(path)!r} do not fit the {type(model).__name__} its "
+            f"hyper-parameters describe: {'; '.join(problems)}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+# -- prediction ----------------------------------------------------------------------------------
+
+
+class Predictor:
+    """A loaded model in eval mode, turning texts into masked map vectors or NIfTI images.
+
+    Attributes:
+        model: the head (a `BrainMapModule`), in eval mode, without gradients.
+        space: the brain grid and mask the model predicts on (from the checkpoint).
+        device: where the model runs.
+    """
+
+    def __init__(self, model: BrainMapModule, device: str | torch.device | None = None) -> None:
+        if model.space is None:
+            raise ValueError("the model has no brain space; load it with load_predictor")
+        if device is None:  # where the model already is (a head may hold only buffers)
+            tensors = [*model.parameters(), *model.buffers()]
+            device = tensors[0].device if tensors else "cpu"
+        self.model = model.to(device)
+        self.space: BrainSpace = model.space
+        self.device = torch.device(device)
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor({type(self.model).__name__} on {self.device}, {self.space.shape} grid, "
+            f"{self.space.n_voxels:,} voxels)"
+        )
+
+    def predict_vectors(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Masked maps, float32 (len(texts), n_voxels), in the order of `texts`.
+
+        Texts are batched by similar length (less padding); the result does not depend on
+        `batch_size` beyond float rounding, since the model is in eval mode.
+        """
+        texts = check_texts(texts)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        out = np.empty((len(texts), self.space.n_voxels), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                try:
+                    pred = self.model.predict_texts([texts[i] for i in rows])
+                except ValueError as err:  # "texts[i] ..." counts within the batch
+                    message = re.sub(
+                        r"texts\[(\d+)\]",
+                        lambda m, rows=rows: (
+                            f"texts[{rows[int(m[1])]}]" if int(m[1]) < len(rows) else m[0]
+                        ),
+                        str(err),
+                    )
+                    raise ValueError(message) from err
+                out[rows] = pred.float().cpu().numpy()
+        return out
+
+    def predict_maps(self, texts: Sequence[str], batch_size: int = 64) -> list[nib.Nifti1Image]:
+        """One float32 NIfTI image per text, on the model's grid (zero outside the brain mask)."""
+        return [self.space.to_nifti(v) for v in self.predict_vectors(texts, batch_size)]
+
+
+def check_texts(texts: Iterable[str]) -> list[str]:
+    """The texts as a list, or an error naming the first bad one (before any model work)."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(
+            f"texts must be a list of str, got a single {type(texts).__name__}; pass [text] "
+            "to predict one map"
+        )
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"texts[{i}] is empty or whitespace-only ({text!r})")
+    return texts

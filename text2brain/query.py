@@ -1,0 +1,268 @@
+"""`text2brain query`: brain maps for free-text queries, written as NIfTI files.
+
+```bash
+text2brain query "working memory" "move the tongue" --ckpt best.ckpt -o maps/ --png --html
+text2brain query --queries-file queries.txt --ckpt best.ckpt -o maps/   # one query a line
+```
+
+Each query gives `<NNN>_<slug>.nii.gz` (the number keeps the input order and makes names
+unique; the slug is the query, lowercased, other characters than a-z and 0-9 as "_", at most
+60 characters), on request a glass-brain PNG and an interactive HTML viewer beside it, and
+`queries.tsv` lists which file holds which query (slugs lose characters). Pictures are opt-in
+because rendering takes far longer than predicting.
+
+This module imports nothing heavy at import time: `text2brain --help` must stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+import unicodedata
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from text2brain.inference import Predictor
+
+#: Longest slug of a query in a file name (the number prefix comes on top).
+SLUG_LENGTH = 60
+#: Show a progress bar from this many queries on.
+PROGRESS_FROM = 11
+#: Longest query shown as a picture's title.
+TITLE_LENGTH = 80
+INDEX_FILE = "queries.tsv"
+#: numpy's note on nilearn's automatic threshold of a masked map (harmless, once per picture).
+_MASKED_PARTITION = ".*'partition' will ignore the 'mask'"
+
+
+def slugify(text: str, max_length: int = SLUG_LENGTH) -> str:
+    """File-name-safe ASCII form of a query: "Schmerz über X" -> "schmerz_uber_x".
+
+    Accents are dropped rather than replaced ("über" -> "uber") so names stay readable; a query
+    with no ASCII letter or digit becomes "query" (the number prefix keeps names unique).
+    """
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")
+    return slug[:max_length].rstrip("_") or "query"
+
+
+def file_stems(queries: Sequence[str]) -> list[str]:
+    """`000_slug`, `001_slug`, ...: input order, unique even when slugs collide."""
+    width = max(3, len(str(len(queries) - 1)))
+    return [f"{i:0{width}d}_{slugify(q)}" for i, q in enumerate(queries)]
+
+
+def read_queries(source: str | Path) -> tuple[list[str], int]:
+    """Queries of a UTF-8 file (or stdin for "-"), one a line; returns (queries, blank lines)."""
+    if str(source) == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        lines = Path(source).read_text(encoding="utf-8").splitlines()
+    queries = [line.strip() for line in lines if line.strip()]
+    return queries, len(lines) - len(queries)
+
+
+def write_query_maps(
+    predictor: Predictor,
+    queries: Sequence[str],
+    out_dir: str | Path,
+    png: bool = False,
+    html: bool = False,
+    batch_size: int = 64,
+    progress: bool | None = None,
+) -> list[Path]:
+    """Predict and write one map per query (plus PNG / HTML on request); returns the files.
+
+    Queries are predicted batch by batch and written as they come, so memory stays at one
+    batch of maps whatever the number of queries. `progress` None: a bar from 11 queries on.
+    """
+    from text2brain.inference import check_texts
+
+    queries = check_texts(queries)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stems = file_stems(queries)
+    written: list[Path] = []
+    show = len(queries) >= PROGRESS_FROM if progress is None else progress
+    bar = _progress_bar(len(queries), show)
+    try:
+        for start in range(0, len(queries), batch_size):
+            batch = queries[start : start + batch_size]
+            try:
+                images = predictor.predict_maps(batch, batch_size=batch_size)
+            except ValueError as err:  # "texts[i]" counts within this batch
+                shifted = re.sub(
+                    r"texts\[(\d+)\]", lambda m, s=start: f"texts[{s + int(m[1])}]", str(err)
+                )
+                raise ValueError(shifted) from err
+            for query, stem, image in zip(batch, stems[start:], images, strict=False):
+                path = out_dir / f"{stem}.nii.gz"
+                image.to_filename(path)
+                written.append(path)
+                if png:
+                    written.append(_write_png(image, query, out_dir / f"{stem}.png"))
+                if html:
+                    written.append(_write_html(image, query, out_dir / f"{stem}.html"))
+                bar(1)
+    finally:
+        bar(0, close=True)
+    index = out_dir / INDEX_FILE
+    with index.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["file", "query"])
+        writer.writerows((f"{stem}.nii.gz", q) for stem, q in zip(stems, queries, strict=True))
+    written.append(index)
+    return written
+
+
+def _progress_bar(total: int, show: bool) -> Callable[..., None]:
+    """`update(n, close=False)` of a tqdm bar on stderr, or a no-op."""
+    if not show:
+        return lambda n, close=False: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="query", file=sys.stderr)
+
+    def update(n: int, close: bool = False) -> None:
+        bar.update(n)
+        if close:
+            bar.close()
+
+    return update
+
+
+def _title(query: str) -> str:
+    return query if len(query) <= TITLE_LENGTH else query[: TITLE_LENGTH - 3] + "..."
+
+
+def _write_png(image: Any, query: str, path: Path) -> Path:
+    """A glass-brain view, drawn on a figure of its own with the Agg canvas (no GUI, no leak).
+
+    A standalone Figure (not pyplot) leaves the caller's matplotlib backend and open figures
+    alone, which matters when this runs inside a notebook.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from nilearn import plotting
+
+    figure = Figure(figsize=(8, 3))
+    FigureCanvasAgg(figure)
+    with warnings.catch_warnings():
+        # Harmless and repeated for every picture: glyphs (CJK, emoji) that the default font
+        # lacks in a title, and the masked-array note.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        warnings.filterwarnings("ignore", message=_MASKED_PARTITION)
+        plotting.plot_glass_brain(
+            image, figure=figure, title=_title(query), plot_abs=False, colorbar=True
+        )
+        figure.savefig(path, dpi=100)
+    figure.clear()
+    return path
+
+
+def _write_html(image: Any, query: str, path: Path) -> Path:
+    """An interactive slice viewer: a standalone HTML page, no server needed.
+
+    Written from `get_standalone()`: nilearn 0.14's `save_as_html` writes the page wrapped in
+    an <iframe srcdoc=...> fragment instead of the page itself.
+    """
+    from nilearn import plotting
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_MASKED_PARTITION)
+        view = plotting.view_img(image, title=_title(query))
+    path.write_text(view.get_standalone(), encoding="utf-8")
+    return path
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="text2brain query",
+        description="Predict a brain map for each text query and write it as NIfTI "
+        "(<NNN>_<query>.nii.gz), with optional PNG and HTML views.",
+    )
+    parser.add_argument("queries", nargs="*", metavar="QUERY", help="text queries")
+    parser.add_argument(
+        "--queries-file",
+        metavar="FILE",
+        help="more queries, one a line (UTF-8; blank lines skipped; - reads stdin)",
+    )
+    parser.add_argument(
+        "--ckpt",
+        default=None,
+        help="checkpoint written by `text2brain fit` (default: the released model)",
+    )
+    parser.add_argument("-o", "--out-dir", required=True, help="folder to write the maps to")
+    parser.add_argument("--png", action="store_true", help="also write a glass-brain PNG")
+    parser.add_argument("--html", action="store_true", help="also write an interactive HTML")
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=64, metavar="N", help="texts per forward pass"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: auto)")
+    return parser
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr and exit status 2, as argparse does for usage errors."""
+    print(f"text2brain query: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def query(argv: list[str] | None = None) -> None:
+    """`text2brain query` (the `COMMANDS` entry of text2brain.cli)."""
+    args = build_parser().parse_args(argv)
+    queries = list(args.queries)
+    for i, text in enumerate(queries):
+        if not text.strip():
+            _fail(f"query {i + 1} ({text!r}) is empty or whitespace-only")
+    if args.queries_file is not None:
+        try:
+            from_file, blank = read_queries(args.queries_file)
+        except (OSError, UnicodeDecodeError) as err:
+            _fail(f"cannot read queries file {args.queries_file!r}: {err}")
+        if blank:
+            print(f"skipped {blank} blank line(s) in {args.queries_file}", file=sys.stderr)
+        queries += from_file
+    if not queries:
+        _fail("no query given: pass queries as arguments or with --queries-file")
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"output folder {str(out_dir)!r} exists and is not a folder")
+
+    from text2brain.inference import load_predictor
+
+    try:
+        predictor = load_predictor(args.ckpt, device=args.device)
+        written = write_query_maps(
+            predictor, queries, out_dir, args.png, args.html, args.batch_size
+        )
+    except (OSError, ValueError, TypeError) as err:
+        _fail(str(err))
+    maps = [p for p in written if p.name.endswith(".nii.gz")]
+    extras = [p for p in written if p.suffix in (".png", ".html")]
+    print(
+        f"wrote {len(maps)} map(s)"
+        + (f" and {len(extras)} picture(s)" if extras else "")
+        + f" to {out_dir}/ (index: {out_dir / INDEX_FILE})"
+    )
+    if len(maps) <= 10:
+        for path in written[:-1]:
+            print(f"  {path}")
