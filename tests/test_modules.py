@@ -63,9 +63,13 @@ def test_freezing(tiny_bert: Path) -> None:
     assert not any(p.requires_grad for p in model.embeddings.parameters())
     assert not any(p.requires_grad for p in model.encoder.layer[0].parameters())
     assert all(p.requires_grad for p in model.encoder.layer[1].parameters())
-    assert all(p.requires_grad for p in model.pooler.parameters())
+    # The pooler is unused by mean pooling, so it is frozen (DDP needs every trainable
+    # parameter to get a gradient); with pooling="pooler" it trains.
+    assert not any(p.requires_grad for p in model.pooler.parameters())
     unfrozen = TextEncoder(str(tiny_bert))
-    assert all(p.requires_grad for p in unfrozen.parameters())
+    assert all(p.requires_grad for n, p in unfrozen.named_parameters() if ".pooler." not in n)
+    pooled = TextEncoder(str(tiny_bert), pooling="pooler")
+    assert all(p.requires_grad for p in pooled.parameters())
     with pytest.raises(ValueError, match="only 2 layers"):
         TextEncoder(str(tiny_bert), freeze_layers=3)
 

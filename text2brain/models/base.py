@@ -164,7 +164,8 @@ class BrainMapModule(L.LightningModule):
 
     def _log_metrics(self, metrics: nn.Module) -> None:
         values = metrics.compute()
-        self.log_dict({k: v for k, v in values.items()}, prog_bar=False)
+        # Already reduced over ranks by torchmetrics; sync_dist only says so to Lightning.
+        self.log_dict(dict(values), sync_dist=True)
         self.last_metrics = metrics
         self.last_curves = {
             name: metric.curve().detach().cpu()

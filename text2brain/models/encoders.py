@@ -140,6 +140,10 @@ class TextEncoder(nn.Module):
         # from_pretrained returns the model in eval mode; a new nn.Module is in train mode, and
         # Lightning no longer forces train() at fit start, so dropout would silently stay off.
         self.model = model.train()
+        if pooling != "pooler" and isinstance(getattr(model, "pooler", None), nn.Module):
+            # The pooler takes no part in mean or cls pooling: frozen, so DDP does not stop on
+            # parameters that never get a gradient.
+            model.pooler.requires_grad_(False)
 
         if pooling == "pooler":
             if getattr(model, "pooler", None) is None:

@@ -81,12 +81,6 @@ class Text2Brain(BrainMapModule):
             freeze_layers=hp.freeze_layers,
             pretrained=hp.pretrained,
         )
-        if hp.pooling != "pooler":
-            # A BERT-like model's pooler takes no part in mean or cls pooling: freeze it, or
-            # DDP stops at the first step on parameters that get no gradient.
-            pooler = getattr(text_encoder.model, "pooler", None)
-            if isinstance(pooler, torch.nn.Module):
-                pooler.requires_grad_(False)
         self.net = Text2BrainNet(
             text_encoder,
             grid_shape=space.shape,

