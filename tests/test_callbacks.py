@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from model_configs import tiny_init_args
 from PIL import Image
 from synthetic import make_corpus, small_space, write_mask
 
@@ -45,18 +46,6 @@ def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "corpus": str(write_jsonl_corpus(make_corpus(space), folder / "synthetic.jsonl")),
         "mask": str(write_mask(space, folder / "mask.nii.gz")),
         "split_file": str(folder / "split.json"),
-    }
-
-
-def tiny_model_args(tiny_bert: Path) -> dict[str, Any]:
-    return {
-        "encoder": str(tiny_bert),
-        "pretrained": False,
-        "seed_shape": [1, 1, 1],
-        "seed_channels": 8,
-        "channels": [8, 4, 4],
-        "output_crop": [12, 14, 12],
-        "output_offset": [0, 0, 0],
     }
 
 
@@ -100,7 +89,7 @@ def fit_tiny(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(
-            Text2Brain(**tiny_model_args(tiny_bert)),
+            Text2Brain(**tiny_init_args("text2brain", tiny_bert)),
             datamodule=TextMapDataModule(**data_args(data_files, tiny_bert)),
         )
     assert trainer.state.finished
@@ -438,7 +427,7 @@ def test_cli_logs_full_config(
     config = {
         "model": {
             "class_path": "text2brain.models.text2brain.Text2Brain",
-            "init_args": tiny_model_args(tiny_bert),
+            "init_args": tiny_init_args("text2brain", tiny_bert),
         },
         "data": data_args(data_files, tiny_bert),
         "trainer": {

@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from model_configs import tiny_init_args
 from synthetic import make_corpus, small_space, write_mask
 
 import text2brain
@@ -32,14 +33,6 @@ from text2brain.query import file_stems, slugify
 
 TEXTS = ["working memory", "move the tongue", "pain", "fear of faces in the amygdala"]
 UNICODE_TEXT = "Schmerz über 痛み 🧠"
-TINY_HEAD = {
-    "pretrained": False,
-    "seed_shape": [1, 1, 1],
-    "seed_channels": 8,
-    "channels": [8, 4, 4],
-    "output_crop": [12, 14, 12],
-    "output_offset": [0, 0, 0],
-}
 
 
 # -- a checkpoint written by Lightning ---------------------------------------------------------
@@ -79,7 +72,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Pat
             num_workers=0,
         )
         L.seed_everything(0, verbose=False)
-        model = Text2Brain(encoder=str(tiny_bert), **TINY_HEAD)
+        model = Text2Brain(**tiny_init_args("text2brain", tiny_bert))
         trainer = L.Trainer(
             max_steps=2,
             limit_val_batches=0,
