@@ -418,3 +418,25 @@ def test_ddp_on_cpu_syncs_validation_metrics(job: Job, tmp_path: Path, cli, monk
     single = {k: float(v) for k, v in validated.trainer.callback_metrics.items()}
     for name in ("val/dice_auc", "val/dice@10", "val/pearson", "val/loss"):
         assert float(logged[name]) == pytest.approx(single[name], abs=1e-5), name
+
+
+def test_shipped_trainer_configs_save_last_mid_epoch(job: Job, run_dir: Path, cli) -> None:
+    """The trainer configs' checkpoint callbacks write last.ckpt before any validation ran.
+
+    A monitored ModelCheckpoint defers step-based saves until its metric exists, so resuming
+    after a crash in the first epoch needs the separate unmonitored one the configs carry.
+    """
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("default.yaml", "csv.yaml"):
+        shipped = yaml.safe_load((repo / "configs" / "trainer" / name).read_text())["callbacks"]
+        checkpoints = [c for c in shipped if c["class_path"].endswith("ModelCheckpoint")]
+        assert any(c["init_args"].get("monitor") == "val/dice_auc" for c in checkpoints)
+        last = [c for c in checkpoints if c["init_args"].get("save_last")]
+        assert len(last) == 1 and "monitor" not in last[0]["init_args"], name
+    for callback in checkpoints:  # the same callbacks, saving last every step, in ./ckpts
+        callback["init_args"].update(dirpath="ckpts")
+        if callback["init_args"].get("save_last"):
+            callback["init_args"]["every_n_train_steps"] = 1
+    config = job.write_config(run_dir / "shipped.yaml", callbacks=checkpoints)
+    cli("fit", "-c", config, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0")
+    assert load_checkpoint(run_dir / "ckpts" / "last.ckpt")["global_step"] == 3

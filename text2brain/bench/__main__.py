@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"render": "text2brain.bench.render", "data": "text2brain.bench.data"}
+BENCHMARKS = {
+    "render": "text2brain.bench.render",
+    "data": "text2brain.bench.data",
+    "inference": "text2brain.bench.inference",
+}
 
 
 def main() -> None:

@@ -2,15 +2,19 @@
 
 Trains the default Text2Brain model (bundled MiniLM, bf16 autocast) for a few steps on
 NeuroQuery with the shared data module and reports, from `SimpleProfiler`, the mean time the
-loop waited for the next batch against the mean time of a whole training step.
+loop waited for the next batch against the mean time of a whole training step; then times the
+bare model (forward, backward, optimizer step on one fixed batch, no Lightning, no loader) in
+the same process as the reference the whole step is compared with.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import lightning as L
+import torch
 from lightning.pytorch.profilers import SimpleProfiler
 
 from text2brain.bench.machine import describe_machine, peak_rss_gb
@@ -24,6 +28,23 @@ def profiled_means(profiler: SimpleProfiler) -> dict[str, float]:
         for name, durations in profiler.recorded_durations.items()
         if durations
     }
+
+
+def bare_step_seconds(model: Text2Brain, batch: dict, precision: str, steps: int = 10) -> float:
+    """Median time of forward + backward + AdamW step on one batch, without Lightning."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    dtype = torch.bfloat16 if precision.startswith("bf16") else None
+    timings = []
+    for _ in range(steps + 2):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = model.training_loss(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings[2:])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         enable_model_summary=False,
     )
     start = time.perf_counter()
-    trainer.fit(Text2Brain(), datamodule=data)
+    model = Text2Brain()
+    trainer.fit(model, datamodule=data)
     wall = time.perf_counter() - start
     means = profiled_means(profiler)
     wait = next(v for k, v in means.items() if k.endswith("train_dataloader_next"))
@@ -63,6 +85,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"mean training step (forward+backward+optimizer): {step * 1e3:.0f} ms")
     print(f"mean wait for the next batch: {wait * 1e3:.1f} ms = {wait / step:.1%} of a step")
+    batch = next(iter(data.train_dataloader()))
+    bare = bare_step_seconds(model.cpu(), batch, args.precision)
+    print(
+        f"bare model step (same batch size, no Lightning, no loader): {bare * 1e3:.0f} ms; "
+        f"whole training step / bare = {(step + wait) / bare:.2f}"
+    )
     samples_per_s = args.batch_size / (step + wait)
     print(f"throughput: {samples_per_s:.1f} samples/s; peak RSS {peak_rss_gb():.2f} GB")
 
