@@ -24,7 +24,7 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import torch
 
 from text2brain.brain import BrainSpace
 from text2brain.models.base import CHECKPOINT_FORMAT, BrainMapModule
+from text2brain.text import check_texts
 
 __all__ = ["DEFAULT_CHECKPOINT", "CheckpointError", "Predictor", "load_predictor"]
 
@@ -334,21 +335,3 @@ class Predictor:
     def predict_maps(self, texts: Sequence[str], batch_size: int = 64) -> list[nib.Nifti1Image]:
         """One float32 NIfTI image per text, on the model's grid (zero outside the brain mask)."""
         return [self.space.to_nifti(v) for v in self.predict_vectors(texts, batch_size)]
-
-
-def check_texts(texts: Iterable[str]) -> list[str]:
-    """The texts as a list, or an error naming the first bad one (before any model work)."""
-    if isinstance(texts, (str, bytes)):
-        raise TypeError(
-            f"texts must be a list of str, got a single {type(texts).__name__}; pass [text] "
-            "to predict one map"
-        )
-    if not isinstance(texts, Iterable):
-        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
-    texts = list(texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
-        if not text.strip():
-            raise ValueError(f"texts[{i}] is empty or whitespace-only ({text!r})")
-    return texts

@@ -81,7 +81,7 @@ def write_query_maps(
     Queries are predicted batch by batch and written as they come, so memory stays at one
     batch of maps whatever the number of queries. `progress` None: a bar from 11 queries on.
     """
-    from text2brain.inference import check_texts
+    from text2brain.text import check_texts
 
     queries = check_texts(queries)
     out_dir = Path(out_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 #: Lower-cased tokens ending in "." after which a sentence never ends. Single-letter dotted
 #: sequences such as "e.g.", "i.e." or "U.S." are recognised by pattern, not listed here.
@@ -50,3 +51,23 @@ def split_sentences(text: str) -> list[str]:
     if last:
         sentences.append(last)
     return sentences
+
+
+def check_texts(texts: Iterable[str], allow_empty: bool = True) -> list[str]:
+    """The texts as a list, or an error naming the first bad one (before any model work)."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(
+            f"texts must be a list of str, got a single {type(texts).__name__}; pass [text] "
+            "(wrap a single text in a list) to predict one map"
+        )
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
+    texts = list(texts)
+    if not texts and not allow_empty:
+        raise ValueError("texts is empty")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"texts[{i}] is empty or whitespace-only ({text!r})")
+    return texts

