@@ -195,7 +195,6 @@ class Renderer:
         gives the same map as smoothing a unit count image), truncated at 4 sigma (an ellipsoidal
         window; scipy's is a cube, a difference below 1e-4 of the maximum). Peaks must
         be finite; those whose nearest voxel is outside the grid are dropped with a warning.
-        The window of a peak is every voxel that can lie within 4 sigma of it (an ellipsoid).
 
         Why it is fast: groups are processed in blocks of about `chunk_peaks` peaks, each
         accumulated into a small buffer with one extra "trash" column that collects the kernel

@@ -65,15 +65,15 @@ def lightning(argv: list[str]) -> None:
     run_lightning_cli(argv)
 
 
-COMMANDS = {"prepare": prepare, "query": query, **{name: None for name in LIGHTNING_COMMANDS}}
+COMMANDS = {"prepare": prepare, "query": query}
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        names = "|".join(COMMANDS)
-        sys.exit(f"usage: text2brain {{{names}}} [options]   (text2brain COMMAND --help)")
-    if argv[0] in LIGHTNING_COMMANDS:
+    if argv and argv[0] in LIGHTNING_COMMANDS:
         lightning(argv)
-    else:
+    elif argv and argv[0] in COMMANDS:
         COMMANDS[argv[0]](argv[1:])
+    else:
+        names = "|".join([*LIGHTNING_COMMANDS, *COMMANDS])
+        sys.exit(f"usage: text2brain {{{names}}} [options]   (text2brain COMMAND --help)")

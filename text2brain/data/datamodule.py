@@ -14,6 +14,7 @@ import json
 import os
 import warnings
 from dataclasses import asdict
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,13 @@ class PeakIndex:
             list(pd.unique(self.table_id[s:e]))
             for s, e in zip(self.article_start, self.article_end, strict=True)
         ]
+        self.n_tables = np.array([len(t) for t in self.tables], dtype=np.float32)
 
     def peaks_of(self, article: int, table_id: str | None) -> tuple[np.ndarray, float]:
         """Peak coordinates of an article's table (or all its tables) and their weight."""
         sl = slice(self.article_start[article], self.article_end[article])
         if table_id is None:
-            return self.xyz[sl], 1.0 / len(self.tables[article])
+            return self.xyz[sl], 1.0 / self.n_tables[article]
         return self.xyz[sl][self.table_id[sl] == table_id], 1.0
 
 
@@ -231,9 +233,7 @@ class TextMapDataModule(L.LightningDataModule):
             from text2brain.models.encoders import load_tokenizer
 
             self.tokenizer = load_tokenizer(hp.tokenizer)
-        self.indices = {
-            s: np.array([self.corpus.index_of(i) for i in self.split.ids(s)]) for s in STAGES
-        }
+        self.indices = {s: self.indices_of(s) for s in STAGES}
         trainable = np.array(
             [
                 self.sampler.can_train_on(self.corpus.articles[i], self.peaks.tables[i])
@@ -257,9 +257,14 @@ class TextMapDataModule(L.LightningDataModule):
         if hp.corpus == "neuroquery" and self.rule == SplitRule():
             return Path(str(resources.files("text2brain") / "splits" / "neuroquery-v1.json"))
         digest = hashlib.sha1(
-            json.dumps([asdict(self.rule), corpus_fingerprint(self.corpus)]).encode()
+            json.dumps([asdict(self.rule), self.fingerprint]).encode()
         ).hexdigest()[:12]
         return cache_dir() / "splits" / f"{self.corpus.name}-{digest}.json"
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The corpus' content hash (computed once: it hashes every peak)."""
+        return corpus_fingerprint(self.corpus)
 
     # -- loaders ------------------------------------------------------------------------------
     def dataset(self, stage: str) -> TextMapDataset:
@@ -308,19 +313,16 @@ class TextMapDataModule(L.LightningDataModule):
 
     def _corpus_maps(self) -> np.ndarray:
         key = hashlib.sha1(
-            json.dumps(
-                [corpus_fingerprint(self.corpus), self.hparams.fwhm, self.space.to_dict()]
-            ).encode()
+            json.dumps([self.fingerprint, self.hparams.fwhm, self.space.to_dict()]).encode()
         ).hexdigest()[:16]
         path = cache_dir() / "maps" / f"{self.corpus.name}-{key}.npy"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            ids = np.array(self.corpus.ids)
             maps = self.renderer(
                 self.peaks.article,
                 self.peaks.xyz,
-                1.0 / np.array([len(t) for t in self.peaks.tables])[self.peaks.article],
-                len(ids),
+                1.0 / self.peaks.n_tables[self.peaks.article],
+                len(self.corpus),
             )
             tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npy")
             np.save(tmp, maps)

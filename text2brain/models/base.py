@@ -148,9 +148,13 @@ class BrainMapModule(L.LightningModule):
     def _evaluate(self, batch: dict[str, Any], stage: str, metrics: nn.Module) -> None:
         pred = self(batch).float()
         target = batch["map"].float()
-        loss = torch.nn.functional.mse_loss(pred, self.normalise_target(target))
+        loss = self.map_loss(pred, target)
         self.log(f"{stage}/loss", loss, batch_size=len(target), sync_dist=True)
         metrics.update(pred, target)
+
+    def map_loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        """MSE between predicted masked maps and the (normalised) targets: mask voxels only."""
+        return torch.nn.functional.mse_loss(pred, self.normalise_target(target))
 
     def normalise_target(self, target: Tensor) -> Tensor:
         """The target as the head is trained to predict it (identity unless a head says)."""
@@ -166,7 +170,6 @@ class BrainMapModule(L.LightningModule):
         values = metrics.compute()
         # Already reduced over ranks by torchmetrics; sync_dist only says so to Lightning.
         self.log_dict(dict(values), sync_dist=True)
-        self.last_metrics = metrics
         self.last_curves = {
             name: metric.curve().detach().cpu()
             for name, metric in metrics.items()

@@ -116,6 +116,4 @@ class Text2Brain(BrainMapModule):
         return target
 
     def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        pred = self(batch)
-        loss = torch.nn.functional.mse_loss(pred, self.normalise_target(batch["map"].float()))
-        return {"loss": loss}
+        return {"loss": self.map_loss(self(batch), batch["map"].float())}
