@@ -367,7 +367,7 @@ def test_due() -> None:
 
 
 def test_png_folders_without_image_logger(tmp_path: Path) -> None:
-    from text2brain.callbacks import new_figure
+    from text2brain.figures import new_figure
 
     def figures() -> list:
         fig = new_figure((2.0, 2.0), 50)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
+from text2brain.figures import new_figure
 from text2brain.metrics import DICE_THRESHOLDS, dice_auc_from_curve
 
 if TYPE_CHECKING:
@@ -326,16 +327,6 @@ def display_threshold(vector: np.ndarray, top: float = DISPLAY_TOP) -> float:
         # Most voxels are 0: hide the zeros and the faint kernel tails around the peaks.
         threshold = 1e-3 * float(magnitude.max(initial=0.0))
     return threshold if threshold > 0.0 else 1e-12
-
-
-def new_figure(size: tuple[float, float], dpi: int) -> Figure:
-    """A matplotlib Figure on an Agg canvas, outside pyplot (nothing to close, no GUI)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=dpi)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def to_image(fig: Figure) -> Any:

@@ -141,17 +141,12 @@ def _title(query: str) -> str:
 
 
 def _write_png(image: Any, query: str, path: Path) -> Path:
-    """A glass-brain view, drawn on a figure of its own with the Agg canvas (no GUI, no leak).
-
-    A standalone Figure (not pyplot) leaves the caller's matplotlib backend and open figures
-    alone, which matters when this runs inside a notebook.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """A glass-brain view, drawn on a figure of its own (`new_figure`: no GUI, no leak)."""
     from nilearn import plotting
 
-    figure = Figure(figsize=(8, 3))
-    FigureCanvasAgg(figure)
+    from text2brain.figures import new_figure
+
+    figure = new_figure((8, 3))
     with warnings.catch_warnings():
         # Harmless and repeated for every picture: glyphs (CJK, emoji) that the default font
         # lacks in a title, and the masked-array note.
