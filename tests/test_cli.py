@@ -51,10 +51,21 @@ class Throttle(L.Callback):
 
 
 # -- the tiny run --------------------------------------------------------------------------------
-def checkpoint_callback(**options: Any) -> dict[str, Any]:
-    init_args = {"dirpath": "ckpts", "filename": "best", "monitor": "val/dice_auc", "mode": "max"}
-    init_args.update(save_last=True, **options)
-    return {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": init_args}
+def checkpoint_callbacks() -> list[dict[str, Any]]:
+    """best.ckpt by val/dice_auc and last.ckpt every epoch, as the shipped trainer configs do.
+
+    One monitored callback with save_last=True is not enough: Lightning 2.6 refreshes last.ckpt
+    only when a top-k checkpoint is saved, so a run whose score stops improving would resume
+    from a stale last.ckpt. The second callback keeps the latest epoch as its top-1 (no monitor),
+    so last.ckpt follows every epoch.
+    """
+    checkpoint = "lightning.pytorch.callbacks.ModelCheckpoint"
+    best = {"dirpath": "ckpts", "filename": "best", "monitor": "val/dice_auc", "mode": "max"}
+    last = {"dirpath": "ckpts", "filename": "latest", "save_top_k": 1, "save_last": True}
+    return [
+        {"class_path": checkpoint, "init_args": best},
+        {"class_path": checkpoint, "init_args": last},
+    ]
 
 
 def tiny_config(folder: Path, tiny_bert: Path, callbacks: list[dict[str, Any]] | None = None):
@@ -71,7 +82,7 @@ def tiny_config(folder: Path, tiny_bert: Path, callbacks: list[dict[str, Any]] |
                 "class_path": "lightning.pytorch.loggers.CSVLogger",
                 "init_args": {"save_dir": "runs"},
             },
-            "callbacks": callbacks or [checkpoint_callback()],
+            "callbacks": callbacks or checkpoint_callbacks(),
             "enable_progress_bar": False,
             "enable_model_summary": False,
         },
@@ -331,7 +342,7 @@ def test_resume_after_sigkill(job: Job, tmp_path: Path) -> None:
     env = job.env(tmp_path / "cache")
     throttle = {"class_path": "test_cli.Throttle", "init_args": {"seconds": 0.2}}
     killable = job.write_config(
-        tmp_path / "killable.yaml", callbacks=[checkpoint_callback(), throttle]
+        tmp_path / "killable.yaml", callbacks=[*checkpoint_callbacks(), throttle]
     )
     # Three batches an epoch keep it short; the epochs and steps are counted all the same.
     epochs, per_epoch = 6, 3

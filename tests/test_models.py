@@ -336,3 +336,26 @@ def test_lr_factor() -> None:
     # No warm-up: full rate at the first step.
     assert lr_factor(0, 0, 10, "cosine") == 1.0
     assert lr_factor(0, 0, 10, "linear") == 1.0
+
+
+# -- Text2Brain specifics ----------------------------------------------------------------------
+@pytest.mark.parametrize("normalisation", ["none", "max"])
+def test_text2brain_residual_starts_at_the_training_mean_map(
+    tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path, normalisation: str
+) -> None:
+    model = make_model("text2brain", tiny_bert, target_normalisation=normalisation)
+    trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=datamodule)
+    _, maps = datamodule.article_maps("train")
+    targets = torch.from_numpy(np.array(maps))
+    if normalisation == "max":
+        targets = targets / targets.amax(dim=1, keepdim=True)
+    assert torch.allclose(model.mean_map, targets.mean(0), atol=1e-6)
+
+    fresh = make_model("text2brain", tiny_bert, target_normalisation=normalisation)
+    fresh.set_space(datamodule.space)
+    fresh.mean_map.copy_(model.mean_map)
+    fresh.eval()
+    # Zero-initialised output layer: every text gets the mean map until training moves it.
+    assert torch.equal(fresh.predict_texts(TEXTS), model.mean_map.expand(len(TEXTS), -1))
+    assert not make_model("text2brain", tiny_bert, residual=False).hparams.residual

@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -126,6 +127,24 @@ class BrainMapModule(L.LightningModule):
     def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Loss terms; "loss" is optimised, every term is logged as train/<name>."""
         raise NotImplementedError
+
+    def training_mean_map(self, chunk: int = 1024) -> Tensor:
+        """Mean normalised article map of the training split (the corpus-mean floor).
+
+        Read in chunks from the data module's memory-mapped corpus maps, so the whole training
+        set never sits in memory at once.
+        """
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "article_maps"):
+            raise RuntimeError("the training-mean map needs a TextMapDataModule")
+        _, maps = datamodule.article_maps("train")
+        if len(maps) == 0:
+            raise ValueError("the training split has no articles")
+        total = torch.zeros(maps.shape[1], dtype=torch.float64)
+        for start in range(0, len(maps), chunk):
+            block = torch.from_numpy(np.ascontiguousarray(maps[start : start + chunk]))
+            total += self.normalise_target(block.float()).sum(0, dtype=torch.float64)
+        return (total / len(maps)).float()
 
     def to_masked(self, volume: Tensor) -> Tensor:
         """(batch, *grid) volumes -> (batch, n_voxels) masked vectors."""

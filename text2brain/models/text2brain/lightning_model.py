@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from text2brain.brain import BrainSpace
 from text2brain.models.base import BrainMapModule
@@ -31,6 +31,9 @@ class Text2Brain(BrainMapModule):
         max_length: token limit when the head tokenises raw text itself.
         target_normalisation: "none", or "max" to divide each target by its maximum (the
             released Text2Brain code did); predictions are then on that scale.
+        residual: predict the offset from the training split's mean map (kept in the
+            checkpoint) with a zero-initialised output layer, so training starts at the
+            corpus-mean floor instead of below it, and the decoder learns what a text changes.
         seed_shape, seed_channels, channels, dropout, norm, activation, output_crop,
             output_offset, output_norm_act: the decoder (text2brain.models.decoders.
             Text2BrainDecoder); None for seed_shape / channels / output_crop / output_offset
@@ -48,6 +51,7 @@ class Text2Brain(BrainMapModule):
         pretrained: bool = True,
         max_length: int = 128,
         target_normalisation: str = "none",
+        residual: bool = True,
         seed_shape: list[int] | None = None,
         seed_channels: int = 64,
         channels: list[int] | None = None,
@@ -94,10 +98,22 @@ class Text2Brain(BrainMapModule):
             output_offset=hp.output_offset or (3, 3, 0),
             output_norm_act=hp.output_norm_act,
         )
+        if hp.residual:
+            self.register_buffer("mean_map", torch.zeros(space.n_voxels))
+            output = self.net.decoder.head[0]
+            nn.init.zeros_(output.weight)
+            nn.init.zeros_(output.bias)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # On resume the checkpoint's mean map replaces this one when the state dict loads.
+        if stage == "fit" and self.hparams.residual:
+            self.mean_map.copy_(self.training_mean_map())
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         tokens = batch.get("tokens") or self.tokenize(batch["text"])
-        return self.to_masked(self.net(tokens)).float()
+        maps = self.to_masked(self.net(tokens)).float()
+        return maps + self.mean_map if self.hparams.residual else maps
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
         encoder = self.net.text_encoder
