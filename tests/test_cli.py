@@ -451,3 +451,31 @@ def test_shipped_trainer_configs_save_last_mid_epoch(job: Job, run_dir: Path, cl
     config = job.write_config(run_dir / "shipped.yaml", callbacks=checkpoints)
     cli("fit", "-c", config, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0")
     assert load_checkpoint(run_dir / "ckpts" / "last.ckpt")["global_step"] == 3
+
+
+def test_resumed_fit_continues_the_wandb_run(
+    job: Job, run_dir: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wandb = pytest.importorskip("wandb")
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(run_dir / "wandb-home"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    config = yaml.safe_load(job.config.read_text())
+    config["trainer"]["logger"] = {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "init_args": {"project": "text2brain-test", "save_dir": "runs"},
+    }
+    path = run_dir / "wandb.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    short = ["--trainer.limit_train_batches", 2, "--trainer.limit_val_batches", 1]
+    try:
+        first = cli("fit", "-c", path, "--trainer.max_epochs", 1, *short)
+        run_id = first.trainer.logger.version
+        wandb.finish()
+        last = run_dir / "ckpts" / "last.ckpt"
+        assert load_checkpoint(last)["text2brain"]["logger_version"] == run_id
+        resumed = cli("fit", "-c", path, "--trainer.max_epochs", 2, *short, "--ckpt_path", last)
+        assert resumed.trainer.global_step == 4
+        assert resumed.trainer.logger.version == run_id
+    finally:
+        wandb.finish()

@@ -349,6 +349,19 @@ def test_bad_device(checkpoint: Path) -> None:
         load_predictor(checkpoint, device="gpu-please")
 
 
+def test_bf16_inference_matches_fp32(checkpoint: Path, predictor: Predictor) -> None:
+    bf16 = load_predictor(checkpoint, device="cpu", precision="bf16")
+    assert "bf16" in repr(bf16)
+    fast, exact = bf16.predict_vectors(TEXTS), predictor.predict_vectors(TEXTS)
+    assert fast.dtype == np.float32 and np.isfinite(fast).all()
+    for a, b in zip(fast, exact, strict=True):
+        assert np.corrcoef(a, b)[0, 1] > 0.99
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_predictor(checkpoint, precision="int8")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        load_predictor(checkpoint, device="cpu", precision="fp16")
+
+
 # -- text2brain query --------------------------------------------------------------------------
 
 

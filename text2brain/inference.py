@@ -36,6 +36,9 @@ from text2brain.brain import BrainSpace
 from text2brain.models.base import CHECKPOINT_FORMAT, BrainMapModule
 from text2brain.text import check_texts
 
+#: Inference precisions: full float32, or bfloat16 / float16 autocast (outputs stay float32).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 __all__ = ["DEFAULT_CHECKPOINT", "CheckpointError", "Predictor", "load_predictor"]
 
 #: The released default model, a file inside the installed package once one is shipped
@@ -58,12 +61,15 @@ class CheckpointError(ValueError):
 def load_predictor(
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
+    precision: str = "fp32",
 ) -> Predictor:
     """Load a checkpoint written by `text2brain fit` (or `Trainer.save_checkpoint`) for inference.
 
     Args:
         checkpoint: path of the ``.ckpt`` file; None means the released default model.
         device: where the model runs; default "cuda" when available, else "cpu".
+        precision: "fp32", "bf16" (autocast; faster on CPUs with bf16 support and on GPUs) or
+            "fp16" (autocast, CUDA only).
 
     Raises:
         FileNotFoundError: the file does not exist (or no default model is shipped yet).
@@ -81,7 +87,7 @@ def load_predictor(
     model = _build_model(path, cls, ckpt)
     _load_weights(path, model, ckpt["state_dict"])
     model.eval().requires_grad_(False)
-    return Predictor(model, target)
+    return Predictor(model, target, precision)
 
 
 def _checkpoint_path(checkpoint: str | os.PathLike | None) -> Path:
@@ -288,7 +294,14 @@ class Predictor:
         device: where the model runs.
     """
 
-    def __init__(self, model: BrainMapModule, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        model: BrainMapModule,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if model.space is None:
             raise ValueError("the model has no brain space; load it with load_predictor")
         if device is None:  # where the model already is (a head may hold only buffers)
@@ -297,11 +310,14 @@ class Predictor:
         self.model = model.to(device)
         self.space: BrainSpace = model.space
         self.device = torch.device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' on CPU")
+        self.precision = precision
 
     def __repr__(self) -> str:
         return (
             f"Predictor({type(self.model).__name__} on {self.device}, {self.space.shape} grid, "
-            f"{self.space.n_voxels:,} voxels)"
+            f"{self.space.n_voxels:,} voxels, {self.precision})"
         )
 
     def predict_vectors(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -315,7 +331,9 @@ class Predictor:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         out = np.empty((len(texts), self.space.n_voxels), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        with torch.inference_mode():
+        dtype = PRECISIONS[self.precision]
+        autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        with torch.inference_mode(), autocast:
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
                 try:

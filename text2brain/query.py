@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, default=64, metavar="N", help="texts per forward pass"
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="fp32, or bf16/fp16 autocast (faster on bf16 CPUs and GPUs; fp16 needs CUDA)",
+    )
     return parser
 
 
@@ -245,7 +251,7 @@ def query(argv: list[str] | None = None) -> None:
     from text2brain.inference import load_predictor
 
     try:
-        predictor = load_predictor(args.ckpt, device=args.device)
+        predictor = load_predictor(args.ckpt, device=args.device, precision=args.precision)
         written = write_query_maps(
             predictor, queries, out_dir, args.png, args.html, args.batch_size
         )

@@ -35,6 +35,12 @@ class Text2BrainCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config.subcommand]
+        self._check_tokenizer(config)
+        if self.config.subcommand == "fit" and config.get("ckpt_path"):
+            continue_wandb_run(config)
+
+    @staticmethod
+    def _check_tokenizer(config: Any) -> None:
         model_args = config.model.init_args if "init_args" in config.model else {}
         encoder = model_args.get("encoder") if hasattr(model_args, "get") else None
         tokenizer = config.data.tokenizer if "tokenizer" in config.data else None
@@ -43,6 +49,37 @@ class Text2BrainCLI(LightningCLI):
                 f"data.tokenizer ({tokenizer!r}) differs from model.init_args.encoder "
                 f"({encoder!r}): set both to the same name (or pass --check_tokenizer false)"
             )
+
+
+WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
+
+
+def continue_wandb_run(config: Any) -> None:
+    """Resuming `fit` from a checkpoint logs into the wandb run that wrote it.
+
+    Without this, the training state resumes but wandb starts a new run, splitting one training
+    curve over two dashboards entries. The run id travels in the checkpoint (see
+    `BrainMapModule.on_save_checkpoint`); an id given on the command line wins.
+    """
+    logger = config.trainer.get("logger")
+    if not hasattr(logger, "get") or logger.get("class_path") not in (
+        WANDB_LOGGER,
+        "lightning.pytorch.loggers.wandb.WandbLogger",
+    ):
+        return
+    init_args = logger.get("init_args")
+    if init_args is None or init_args.get("id"):
+        return
+    path = str(config.ckpt_path)
+    if path in ("last", "best", "hpc") or not os.path.isfile(path):
+        return
+    import torch
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    run_id = checkpoint.get("text2brain", {}).get("logger_version")
+    if isinstance(run_id, str) and run_id:
+        init_args["id"] = run_id
+        init_args["resume"] = "allow"
 
 
 def run_lightning_cli(argv: list[str]) -> Text2BrainCLI:

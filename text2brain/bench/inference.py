@@ -37,14 +37,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--ckpt", required=True, help="checkpoint written by text2brain fit")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--n-batched", type=int, default=512)
     args = parser.parse_args(argv)
     print(f"machine: {describe_machine()}")
 
     start = time.perf_counter()
-    predictor = load_predictor(args.ckpt, device=args.device)
-    print(f"load_predictor: {time.perf_counter() - start:.2f} s ({predictor.device})")
+    predictor = load_predictor(args.ckpt, device=args.device, precision=args.precision)
+    print(f"load_predictor: {time.perf_counter() - start:.2f} s ({predictor})")
     predictor.predict_vectors(QUERIES[:2])  # warm-up: tokenizer, kernels
 
     single = []

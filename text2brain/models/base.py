@@ -97,7 +97,15 @@ class BrainMapModule(L.LightningModule):
             "format_version": CHECKPOINT_FORMAT,
             "space": self.space.to_dict(),
             "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            # The logger's run (a wandb run id), so a resumed fit logs into the same run.
+            "logger_version": self._logger_version(),
         }
+
+    def _logger_version(self) -> str | None:
+        trainer = self._trainer
+        logger = trainer.logger if trainer is not None else None
+        version = getattr(logger, "version", None)
+        return str(version) if version is not None else None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("text2brain")
