@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from text2brain.brain import BrainSpace
 from text2brain.models.base import BrainMapModule
 from text2brain.models.encoders import DEFAULT_ENCODER, TextEncoder, tokenize
+from text2brain.models.text2brain.readout import fit_ridge_readout
 from text2brain.models.text2brain.torch_model import Text2BrainNet
 
 TARGET_NORMALISATIONS = ("none", "max")
+READOUTS = ("none", "ridge")
 
 
 class Text2Brain(BrainMapModule):
@@ -34,6 +39,11 @@ class Text2Brain(BrainMapModule):
         residual: predict the offset from the training split's mean map (kept in the
             checkpoint) with a zero-initialised output layer, so training starts at the
             corpus-mean floor instead of below it, and the decoder learns what a text changes.
+        readout: "none", or "ridge" to add a linear readout from the text embedding to the
+            map, fitted in closed form at the start of `fit` (ridge on the starting encoder's
+            embeddings of the training titles, penalty by leave-one-out; see
+            text2brain.models.text2brain.readout) and kept fixed; the decoder and the encoder
+            then learn what it misses. Short CPU budgets need it to leave the floor.
         seed_shape, seed_channels, channels, dropout, norm, activation, output_crop,
             output_offset, output_norm_act: the decoder (text2brain.models.decoders.
             Text2BrainDecoder); None for seed_shape / channels / output_crop / output_offset
@@ -52,6 +62,7 @@ class Text2Brain(BrainMapModule):
         max_length: int = 128,
         target_normalisation: str = "none",
         residual: bool = True,
+        readout: str = "none",
         seed_shape: list[int] | None = None,
         seed_channels: int = 64,
         channels: list[int] | None = None,
@@ -73,6 +84,8 @@ class Text2Brain(BrainMapModule):
                 f"target_normalisation must be one of {TARGET_NORMALISATIONS}, "
                 f"got {target_normalisation!r}"
             )
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         self.save_hyperparameters()
         self.net: Text2BrainNet | None = None
 
@@ -103,16 +116,59 @@ class Text2Brain(BrainMapModule):
             output = self.net.decoder.head[0]
             nn.init.zeros_(output.weight)
             nn.init.zeros_(output.bias)
+        if hp.readout == "ridge":
+            self.register_buffer("readout_weight", torch.zeros(text_encoder.dim, space.n_voxels))
+            self.register_buffer("readout_bias", torch.zeros(space.n_voxels))
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         # On resume the checkpoint's mean map replaces this one when the state dict loads.
         if stage == "fit" and self.hparams.residual:
             self.mean_map.copy_(self.training_mean_map())
+        if stage == "fit" and self.hparams.readout == "ridge":
+            self.fit_readout()
+
+    @torch.no_grad()
+    def fit_readout(self, batch_size: int = 128) -> None:
+        """Fit the ridge readout on the training titles (the evaluation texts are titles)."""
+        datamodule = self.trainer.datamodule
+        _, maps = datamodule.article_maps("train")
+        titles = [datamodule.corpus.articles[i].title for i in datamodule.indices_of("train")]
+        rows = [i for i, title in enumerate(titles) if title and title.strip()]
+        if len(rows) < len(titles):
+            warnings.warn(
+                f"ridge readout: {len(titles) - len(rows):,} training articles without a "
+                "title are not used",
+                stacklevel=2,
+            )
+        encoder = self.net.text_encoder
+        was_training = encoder.training
+        encoder.eval()
+        embeddings = torch.cat(
+            [
+                encoder(**self.tokenize([titles[i] for i in rows[start : start + batch_size]]))
+                .float()
+                .cpu()
+                for start in range(0, len(rows), batch_size)
+            ]
+        )
+        encoder.train(was_training)
+        targets = self.normalise_target(torch.from_numpy(np.asarray(maps[rows], np.float32)))
+        if self.hparams.residual:
+            targets -= self.mean_map.cpu()
+        fit = fit_ridge_readout(embeddings, targets)
+        self.readout_weight.copy_(fit.weight)
+        self.readout_bias.copy_(fit.bias)
+        rank_zero_info(
+            f"ridge readout fitted on {len(rows):,} training titles (alpha {fit.alpha:.3g})"
+        )
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         tokens = batch.get("tokens") or self.tokenize(batch["text"])
-        maps = self.to_masked(self.net(tokens)).float()
+        embedding = self.net.text_encoder(**tokens)
+        maps = self.to_masked(self.net.decoder(embedding)).float()
+        if self.hparams.readout == "ridge":
+            maps = maps + embedding.float() @ self.readout_weight + self.readout_bias
         return maps + self.mean_map if self.hparams.residual else maps
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
