@@ -31,9 +31,50 @@ def _text2brain(encoder: str) -> InitArgs:
     }
 
 
+#: A vocabulary for the synthetic corpus (tests/synthetic.py): its topics, words of its
+#: titles and abstracts, and the phrases of the shared test texts; plus synonyms.
+TINY_TERMS = [
+    "vision", "audition", "motor", "memory", "working memory", "study", "healthy adults",
+    "area", "cortex", "prefrontal cortex", "insula", "pain",
+]  # fmt: skip
+TINY_SYNONYMS = {"visual": "vision", "auditory": "audition", "memories": "memory"}
+
+
+def _terms(encoder: str) -> InitArgs:
+    return {"vocabulary": list(TINY_TERMS), "synonyms": dict(TINY_SYNONYMS)}
+
+
+def _neuroquery(encoder: str) -> InitArgs:
+    return {
+        **_terms(encoder),
+        "alphas": [0.1, 1.0, 10.0],
+        "loo_voxels": None,
+        "smoothing_components": 3,
+        "nmf_iterations": 20,
+    }
+
+
+def _contrastive(encoder: str) -> InitArgs:
+    # Brain encoder 12x14x12 -> 6x7x6 -> 3x3x3; 16-d embeddings.
+    return {
+        "encoder": encoder,
+        "pretrained": False,
+        "embed_dim": 16,
+        "brain_channels": [4, 8],
+        "brain_crop": [12, 14, 12],
+        "brain_offset": [0, 0, 0],
+        "retrieval_k": 5,
+    }
+
+
 #: Registered name -> function(tiny encoder folder) -> init_args.
 TINY_CONFIGS: dict[str, Callable[[str], InitArgs]] = {
     "text2brain": _text2brain,
+    "clip": _contrastive,
+    "mnm": _contrastive,
+    "corpus_mean": lambda encoder: {},
+    "neuroquery": _neuroquery,
+    "neurosynth": _terms,
 }
 
 

@@ -83,9 +83,10 @@ def make_model(name: str, tiny_bert: Path, **overrides: Any) -> BrainMapModule:
     return cls(**{**tiny_init_args(name, tiny_bert), **overrides})
 
 
-def needs_gradient(model: BrainMapModule) -> None:
-    if not model.trains_by_gradient:
-        pytest.skip(f"{type(model).__name__} is fitted in closed form (no optimizer)")
+def needs_gradient(model_name: str) -> None:
+    cls = model_class(model_name)
+    if not cls.trains_by_gradient:
+        pytest.skip(f"{cls.__name__} is fitted in closed form (no optimizer)")
 
 
 def make_trainer(root: Path, **kwargs: Any) -> L.Trainer:
@@ -166,7 +167,8 @@ def test_checkpoint_round_trip(
     model = make_model(model_name, tiny_bert)
     trainer = make_trainer(tmp_path, max_steps=3, limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
-    assert trainer.global_step == (3 if model.trains_by_gradient else 0)
+    # A closed-form fit counts as one step (the batch that ends it).
+    assert trainer.global_step == (3 if model.trains_by_gradient else 1)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
 
@@ -235,7 +237,8 @@ def test_validate_logs_the_shared_metric_names(
 ) -> None:
     model = make_model(model_name, tiny_bert)
     (results,) = make_trainer(tmp_path).validate(model, datamodule=datamodule, verbose=False)
-    assert set(results) == SHARED_METRICS
+    own = {f"val/{name}" for name in getattr(model, "extra_metrics", ())}  # a head's extras
+    assert set(results) == SHARED_METRICS | own
     assert all(math.isfinite(v) for v in results.values())
     assert 0.0 <= results["val/dice_auc"] <= 0.25
     assert 0.0 <= results["val/dice@10"] <= 1.0
@@ -245,8 +248,8 @@ def test_validate_logs_the_shared_metric_names(
 def test_optimizer_groups(
     model_name: str, tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path
 ) -> None:
+    needs_gradient(model_name)
     model = make_model(model_name, tiny_bert, encoder_lr=1e-4, lr=2e-3, weight_decay=0.05)
-    needs_gradient(model)
     trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
     (optimizer,) = trainer.optimizers
@@ -274,8 +277,8 @@ def test_lr_schedule_is_stepped_every_optimizer_step(
 ) -> None:
     # Gradient accumulation makes optimizer steps differ from batches; 5 steps of 2 batches
     # fit in the first epoch, so a scheduler stepped per epoch would keep the first LR.
+    needs_gradient(model_name)
     model = make_model(model_name, tiny_bert, warmup_steps=3, schedule="cosine", lr=1e-3)
-    needs_gradient(model)
     record = RecordSteps()
     trainer = make_trainer(
         tmp_path, max_steps=5, accumulate_grad_batches=2, limit_val_batches=0, callbacks=[record]
@@ -298,8 +301,8 @@ def test_lr_schedule_is_stepped_every_optimizer_step(
 def test_bf16_mixed_fit_is_finite(
     model_name: str, tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path
 ) -> None:
+    needs_gradient(model_name)
     model = make_model(model_name, tiny_bert)
-    needs_gradient(model)
     record = RecordSteps()
     trainer = make_trainer(
         tmp_path, max_steps=3, precision="bf16-mixed", limit_val_batches=0, callbacks=[record]
@@ -359,3 +362,58 @@ def test_text2brain_residual_starts_at_the_training_mean_map(
     # Zero-initialised output layer: every text gets the mean map until training moves it.
     assert torch.equal(fresh.predict_texts(TEXTS), model.mean_map.expand(len(TEXTS), -1))
     assert not make_model("text2brain", tiny_bert, residual=False).hparams.residual
+
+
+def test_ridge_readout_leave_one_out_matches_refitting() -> None:
+    from text2brain.models.text2brain.readout import fit_ridge_readout
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 4, generator=generator, dtype=torch.float64)
+    y = x @ torch.randn(4, 6, generator=generator, dtype=torch.float64) + 0.3 * torch.randn(
+        30, 6, generator=generator, dtype=torch.float64
+    )
+    fit = fit_ridge_readout(x, y, relative_alphas=[0.01, 0.3, 3.0], loo_voxels=None)
+    scale = float(torch.linalg.svdvals(x - x.mean(0)).square().mean())
+    for relative, error in fit.loo_errors.items():
+        alpha = relative * scale
+        residuals = []
+        for i in range(len(x)):  # brute force: refit without document i, predict it
+            keep = torch.arange(len(x)) != i
+            xk, yk = x[keep], y[keep]
+            xm, ym = xk.mean(0), yk.mean(0)
+            w = torch.linalg.solve(
+                (xk - xm).T @ (xk - xm) + alpha * torch.eye(4, dtype=torch.float64),
+                (xk - xm).T @ (yk - ym),
+            )
+            residuals.append(y[i] - ((x[i] - xm) @ w + ym))
+        assert error == pytest.approx(float(torch.stack(residuals).square().mean()), rel=1e-6)
+    assert fit.loo_errors[0.3] < fit.loo_errors[3.0]  # a heavy penalty underfits this data
+    alpha = fit.alpha
+    w = torch.linalg.solve(
+        (x - x.mean(0)).T @ (x - x.mean(0)) + alpha * torch.eye(4, dtype=torch.float64),
+        (x - x.mean(0)).T @ (y - y.mean(0)),
+    )
+    assert torch.allclose(fit.weight.double(), w, atol=1e-5)
+    assert torch.allclose(fit.bias.double(), y.mean(0) - x.mean(0) @ w, atol=1e-5)
+    with pytest.raises(ValueError, match="same n"):
+        fit_ridge_readout(x, y[:-1])
+
+
+def test_text2brain_ridge_readout_is_fitted_and_saved(
+    tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path
+) -> None:
+    model = make_model("text2brain", tiny_bert, readout="ridge")
+    trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=datamodule)
+    assert model.readout_weight.abs().sum() > 0
+    path = tmp_path / "readout.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = type(model).load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    assert torch.equal(loaded.readout_weight, model.readout_weight)
+    model.eval()
+    loaded.eval()
+    maps = model.predict_texts(TEXTS)
+    assert torch.equal(loaded.predict_texts(TEXTS), maps)
+    assert maps.std(0).mean() > 0  # the readout makes maps depend on the text
+    with pytest.raises(ValueError, match="readout must be one of"):
+        make_model("text2brain", tiny_bert, readout="lasso")

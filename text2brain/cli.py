@@ -4,6 +4,7 @@
   model of the zoo and the shared data module (configs/ has model/, data/ and trainer/ parts).
 - `text2brain prepare`: fetch and verify a corpus, build (or check) its split and render its
   article maps into the cache, so later training and evaluation start at once.
+- `text2brain compare FILE`: models side by side on one test split (text2brain.compare).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import sys
 import time
 
+from text2brain.compare import compare
 from text2brain.query import query
 
 
@@ -65,7 +67,7 @@ def lightning(argv: list[str]) -> None:
     run_lightning_cli(argv)
 
 
-COMMANDS = {"prepare": prepare, "query": query}
+COMMANDS = {"prepare": prepare, "query": query, "compare": compare}
 
 
 def main(argv: list[str] | None = None) -> None:

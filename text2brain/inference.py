@@ -26,7 +26,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -35,6 +35,9 @@ import torch
 from text2brain.brain import BrainSpace
 from text2brain.models.base import CHECKPOINT_FORMAT, BrainMapModule
 from text2brain.text import check_texts
+
+if TYPE_CHECKING:
+    from text2brain.models.contrastive.retrieval import RelatedArticle
 
 #: Inference precisions: full float32, or bfloat16 / float16 autocast (outputs stay float32).
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -331,9 +334,7 @@ class Predictor:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         out = np.empty((len(texts), self.space.n_voxels), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        dtype = PRECISIONS[self.precision]
-        autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), self._autocast():
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
                 try:
@@ -353,3 +354,46 @@ class Predictor:
     def predict_maps(self, texts: Sequence[str], batch_size: int = 64) -> list[nib.Nifti1Image]:
         """One float32 NIfTI image per text, on the model's grid (zero outside the brain mask)."""
         return [self.space.to_nifti(v) for v in self.predict_vectors(texts, batch_size)]
+
+    def _autocast(self) -> torch.autocast:
+        dtype = PRECISIONS[self.precision]
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    # -- retrieval (heads with a shared text-brain space: clip, mnm) -----------------------------
+
+    def related_articles(self, text: str, k: int = 10) -> list[RelatedArticle]:
+        """The `k` training articles nearest to `text` in the model's shared space.
+
+        Nearest first, each a `RelatedArticle` (article_id, title, keywords, distance); the
+        articles and their maps come from the checkpoint's retrieval bank.
+        """
+        method = self._retrieval("related_articles", "find the articles related to a text")
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"text is empty or whitespace-only ({text!r})")
+        with torch.inference_mode(), self._autocast():
+            return method([text], k)[0]
+
+    def describe_map(
+        self, image: str | os.PathLike | nib.Nifti1Image, k: int = 10
+    ) -> list[RelatedArticle]:
+        """The `k` training articles whose maps are nearest to a NIfTI map (path or image).
+
+        Their titles and keywords describe the map (decoding, as Neurosynth and NeuroQuery do
+        it), nearest first. The image must be on the model's grid (`self.space`).
+        """
+        method = self._retrieval("describe_maps", "describe a map")
+        vector = torch.from_numpy(self.space.from_nifti_image(image))
+        with torch.inference_mode(), self._autocast():
+            return method(vector.unsqueeze(0), k)[0]
+
+    def _retrieval(self, name: str, what: str) -> Any:
+        method = getattr(self.model, name, None)
+        if method is None:
+            raise TypeError(
+                f"{type(self.model).__name__} maps text to brain maps without a shared "
+                f"text-brain embedding space, so it cannot {what}: use a checkpoint of a "
+                "contrastive head (clip or mnm)"
+            )
+        return method

@@ -3,7 +3,12 @@
 ```bash
 text2brain query "working memory" "move the tongue" --ckpt best.ckpt -o maps/ --png --html
 text2brain query --queries-file queries.txt --ckpt best.ckpt -o maps/   # one query a line
+text2brain query "working memory" --ckpt clip.ckpt --related -k 5   # nearest training articles
+text2brain query --describe map.nii.gz --ckpt mnm.ckpt               # decode a map
 ```
+
+`--related` and `--describe` (heads with a shared text-brain space: clip, mnm) print a
+tab-separated table (query or map, rank, article_id, distance, title, keywords) on stdout.
 
 Each query gives `<NNN>_<slug>.nii.gz` (the number keeps the input order and makes names
 unique; the slug is the query, lowercased, other characters than a-z and 0-9 as "_", at most
@@ -182,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="text2brain query",
         description="Predict a brain map for each text query and write it as NIfTI "
-        "(<NNN>_<query>.nii.gz), with optional PNG and HTML views.",
+        "(<NNN>_<query>.nii.gz), with optional PNG and HTML views; with a contrastive head, "
+        "list the training articles nearest to queries (--related) or to maps (--describe).",
     )
     parser.add_argument("queries", nargs="*", metavar="QUERY", help="text queries")
     parser.add_argument(
@@ -195,11 +201,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="checkpoint written by `text2brain fit` (default: the released model)",
     )
-    parser.add_argument("-o", "--out-dir", required=True, help="folder to write the maps to")
+    parser.add_argument(
+        "-o", "--out-dir", default=None, help="folder to write the maps to (no maps without it)"
+    )
     parser.add_argument("--png", action="store_true", help="also write a glass-brain PNG")
     parser.add_argument("--html", action="store_true", help="also write an interactive HTML")
     parser.add_argument(
         "--batch-size", type=_positive_int, default=64, metavar="N", help="texts per forward pass"
+    )
+    parser.add_argument(
+        "--related",
+        action="store_true",
+        help="print the training articles nearest each query (contrastive heads: clip, mnm)",
+    )
+    parser.add_argument(
+        "--describe",
+        nargs="+",
+        default=[],
+        metavar="NIFTI",
+        help="print the training articles nearest each NIfTI map, on the model's grid "
+        "(contrastive heads: clip, mnm)",
+    )
+    parser.add_argument(
+        "-k",
+        "--top",
+        type=_positive_int,
+        default=10,
+        metavar="K",
+        help="articles listed per query or map (default: 10)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: auto)")
     parser.add_argument(
@@ -242,21 +271,62 @@ def query(argv: list[str] | None = None) -> None:
         if blank:
             print(f"skipped {blank} blank line(s) in {args.queries_file}", file=sys.stderr)
         queries += from_file
-    if not queries:
-        _fail("no query given: pass queries as arguments or with --queries-file")
-    out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
+    if not queries and not args.describe:
+        _fail(
+            "no query given: pass queries as arguments or with --queries-file (or maps to "
+            "describe with --describe)"
+        )
+    if queries and args.out_dir is None and not args.related:
+        _fail(
+            "nothing to do with the queries: give -o/--out-dir to write their maps, or "
+            "--related to list related training articles"
+        )
+    out_dir = None if args.out_dir is None else Path(args.out_dir)
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         _fail(f"output folder {str(out_dir)!r} exists and is not a folder")
 
     from text2brain.inference import load_predictor
 
     try:
         predictor = load_predictor(args.ckpt, device=args.device, precision=args.precision)
-        written = write_query_maps(
-            predictor, queries, out_dir, args.png, args.html, args.batch_size
-        )
+        if out_dir is not None and queries:
+            written = write_query_maps(
+                predictor, queries, out_dir, args.png, args.html, args.batch_size
+            )
+            _report_maps(written, out_dir)
+        if args.related and queries:
+            found = [(q, predictor.related_articles(q, args.top)) for q in queries]
+            print_articles(found, "query")
+        if args.describe:
+            found = [(m, predictor.describe_map(m, args.top)) for m in args.describe]
+            print_articles(found, "map")
     except (OSError, ValueError, TypeError) as err:
         _fail(str(err))
+
+
+#: Columns of the article tables that --related and --describe print (after the query / map).
+ARTICLE_COLUMNS = ("rank", "article_id", "distance", "title", "keywords")
+
+
+def print_articles(found: Sequence[tuple[str, Sequence[Any]]], first: str) -> None:
+    """A tab-separated table on stdout: one row per (query or map, related article)."""
+    writer = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
+    writer.writerow([first, *ARTICLE_COLUMNS])
+    for source, articles in found:
+        for rank, article in enumerate(articles, start=1):
+            writer.writerow(
+                [
+                    source,
+                    rank,
+                    article.article_id,
+                    f"{article.distance:.4g}",
+                    article.title,
+                    "; ".join(article.keywords),
+                ]
+            )
+
+
+def _report_maps(written: list[Path], out_dir: Path) -> None:
     maps = [p for p in written if p.name.endswith(".nii.gz")]
     extras = [p for p in written if p.suffix in (".png", ".html")]
     print(

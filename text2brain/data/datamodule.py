@@ -70,12 +70,14 @@ class TextMapDataset(Dataset):
         peaks: PeakIndex,
         sampler: TextSampler,
         train: bool,
+        hierarchy_tables: int = 0,
     ) -> None:
         self.corpus = corpus
         self.indices = indices
         self.peaks = peaks
         self.sampler = sampler
         self.train = train
+        self.hierarchy_tables = hierarchy_tables
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -87,9 +89,23 @@ class TextMapDataset(Dataset):
             # Seeded from torch's RNG, which Lightning's seed_everything seeds in every worker.
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
             pair = self.sampler.sample(article, self.peaks.tables[index], rng)
+            if self.hierarchy_tables:
+                return {"index": index, "pair": pair, "hierarchy": self._tables(index, rng)}
         else:
             pair = self.sampler.evaluation(article)
         return {"index": index, "pair": pair}
+
+    def _tables(self, index: int, rng: np.random.Generator) -> list[str]:
+        """Up to `hierarchy_tables` of the article's tables, drawn without replacement.
+
+        No table for an article with a single table: its table map *is* its average map, so
+        the pair would say nothing about the hierarchy.
+        """
+        tables = self.peaks.tables[index]
+        if len(tables) < 2:
+            return []
+        chosen = rng.choice(len(tables), min(self.hierarchy_tables, len(tables)), replace=False)
+        return [tables[i] for i in np.sort(chosen)]
 
 
 class MapCollate:
@@ -112,26 +128,67 @@ class MapCollate:
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         pairs: list[Pair] = [item["pair"] for item in items]
-        xyz, group, weights = [], [], []
-        for row, (item, pair) in enumerate(zip(items, pairs, strict=True)):
-            peaks, weight = self.peaks.peaks_of(item["index"], pair.table_id)
-            xyz.append(peaks)
-            group.append(np.full(len(peaks), row))
-            weights.append(np.full(len(peaks), weight, dtype=np.float32))
-        maps = self.renderer(
-            np.concatenate(group), np.concatenate(xyz), np.concatenate(weights), len(items)
-        )
+        jobs = [(item["index"], pair.table_id) for item, pair in zip(items, pairs, strict=True)]
+        hierarchy = "hierarchy" in items[0]
+        if hierarchy:
+            parents, children = self._hierarchy(items, pairs, jobs)
+        maps = torch.from_numpy(self._render(jobs))
         batch = {
             "text": [p.text for p in pairs],
             "source": [p.source for p in pairs],
             "kind": [p.kind for p in pairs],
             "article_id": [self.ids[item["index"]] for item in items],
             "table_id": [p.table_id or "" for p in pairs],
-            "map": torch.from_numpy(maps),
+            "map": maps[: len(items)],
         }
+        if hierarchy:
+            batch["hierarchy_maps"] = maps[len(items) :]
+            batch["hierarchy_parent"] = torch.tensor(parents, dtype=torch.long)
+            batch["hierarchy_child"] = torch.tensor(children, dtype=torch.long)
         if self.tokenizer is not None:
             batch["tokens"] = self._tokenize(batch["text"])
         return batch
+
+    @staticmethod
+    def _hierarchy(
+        items: list[dict[str, Any]], pairs: list[Pair], jobs: list[tuple[int, str | None]]
+    ) -> tuple[list[int], list[int]]:
+        """Add the maps of each item's article -> tables hierarchy to `jobs` (article, table).
+
+        Returns the (parent, child) rows of every pair in ``cat([map, hierarchy_maps])``. A map
+        the batch already holds (the item's own article or table map) is reused, not rendered
+        twice.
+        """
+        parents, children = [], []
+        for row, (item, pair) in enumerate(zip(items, pairs, strict=True)):
+            if not item["hierarchy"]:
+                continue
+            if pair.table_id is None:  # the item's own map is the article average
+                parent = row
+            else:
+                parent = len(jobs)
+                jobs.append((item["index"], None))
+            for table_id in item["hierarchy"]:
+                if table_id == pair.table_id:  # the item's own map is this table's
+                    child = row
+                else:
+                    child = len(jobs)
+                    jobs.append((item["index"], table_id))
+                parents.append(parent)
+                children.append(child)
+        return parents, children
+
+    def _render(self, jobs: list[tuple[int, str | None]]) -> np.ndarray:
+        """Maps of (article index, table id or None for the article average), in one pass."""
+        xyz, group, weights = [], [], []
+        for row, (index, table_id) in enumerate(jobs):
+            peaks, weight = self.peaks.peaks_of(index, table_id)
+            xyz.append(peaks)
+            group.append(np.full(len(peaks), row))
+            weights.append(np.full(len(peaks), weight, dtype=np.float32))
+        return self.renderer(
+            np.concatenate(group), np.concatenate(xyz), np.concatenate(weights), len(jobs)
+        )
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         from text2brain.models.encoders import tokenize
@@ -167,6 +224,13 @@ class TextMapDataModule(L.LightningDataModule):
         max_length: token limit; longer texts are truncated (reported once).
         table_probability, article_sources, max_discussion_sentences, caption_fallback:
             training text sampling (text2brain.data.sampling).
+        hierarchy_tables: with N > 0, every training item also brings up to N of its
+            article's table maps (articles with 2+ tables; drawn without replacement) and its
+            article-average map, for intra-brain hierarchy losses (MNM head). Training batches
+            then carry `hierarchy_maps` (the extra maps, (H, n_voxels)) and
+            `hierarchy_parent` / `hierarchy_child` (long, one entry per article -> table pair):
+            rows of ``cat([map, hierarchy_maps])``, so a pair can reuse a row of `map`.
+            Evaluation batches never carry them.
     """
 
     def __init__(
@@ -190,9 +254,14 @@ class TextMapDataModule(L.LightningDataModule):
         article_sources: dict[str, float] | None = None,
         max_discussion_sentences: int = 5,
         caption_fallback: str = "article",
+        hierarchy_tables: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if isinstance(hierarchy_tables, bool) or not isinstance(hierarchy_tables, int):
+            raise TypeError(f"hierarchy_tables must be an int, got {hierarchy_tables!r}")
+        if hierarchy_tables < 0:
+            raise ValueError(f"hierarchy_tables must be >= 0, got {hierarchy_tables}")
         self.rule = SplitRule(
             n_test=n_test,
             n_val=n_val,
@@ -269,8 +338,14 @@ class TextMapDataModule(L.LightningDataModule):
     # -- loaders ------------------------------------------------------------------------------
     def dataset(self, stage: str) -> TextMapDataset:
         self.setup()
+        train = stage == "train"
         return TextMapDataset(
-            self.corpus, self.indices[stage], self.peaks, self.sampler, train=stage == "train"
+            self.corpus,
+            self.indices[stage],
+            self.peaks,
+            self.sampler,
+            train=train,
+            hierarchy_tables=self.hparams.hierarchy_tables if train else 0,
         )
 
     def _loader(self, stage: str) -> DataLoader:

@@ -13,6 +13,11 @@ from text2brain.models.base import BrainMapModule
 
 MODELS: dict[str, str] = {
     "text2brain": "text2brain.models.text2brain.Text2Brain",
+    "clip": "text2brain.models.contrastive.CLIP",
+    "mnm": "text2brain.models.contrastive.MNM",
+    "corpus_mean": "text2brain.models.corpus_mean.CorpusMean",
+    "neuroquery": "text2brain.models.neuroquery.NeuroQuery",
+    "neurosynth": "text2brain.models.neurosynth.Neurosynth",
 }
 
 

@@ -1,0 +1,86 @@
+"""`ClosedFormModule`: heads fitted in closed form (the baselines), run by the same Trainer.
+
+A closed-form head has no optimizer: it is fitted once from the whole training split when the
+Trainer sets it up, and `text2brain fit` then runs a single training batch that does nothing
+but end the fit, so that validation runs, the shared metrics are logged under the usual names
+and the checkpoint callbacks write `best.ckpt` exactly as for a head trained by gradient. That
+batch counts as the run's one optimizer step (global_step 1): Lightning's ModelCheckpoint
+never saves at step 0.
+
+What a fit produces lives in buffers; those whose shape depends on the fit (a vocabulary's
+size, a number of studies) are named in `fitted_buffers` and are re-created with the shapes
+stored in a checkpoint before it is loaded, so a fitted head loads with strict
+`load_state_dict`, from `torch.load(weights_only=True)`, like every other head.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from text2brain.models.base import BrainMapModule
+
+log = logging.getLogger(__name__)
+
+
+class ClosedFormModule(BrainMapModule):
+    """Base of the heads fitted in closed form; subclasses implement `fit_closed_form`.
+
+    When it is fitted: on `Trainer.fit` (unless it resumes from a checkpoint), and on
+    `validate` / `test` / `predict` of a head that is not fitted yet and gets no checkpoint
+    (so `text2brain test -c configs/<baseline>.yaml` works without a fit step). A head loaded
+    from a checkpoint is fitted already.
+    """
+
+    trains_by_gradient = False
+    #: Buffers whose shape depends on the fit (re-created from a checkpoint's shapes on load).
+    fitted_buffers: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.is_fitted = False
+        # Lightning's automatic loop counts a step per batch even without an optimizer.
+        self.automatic_optimization = False
+
+    def fit_closed_form(self, datamodule: Any) -> None:
+        """Fit from the data module's training split (a `TextMapDataModule`, set up)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        resuming = getattr(self.trainer, "ckpt_path", None) is not None
+        if resuming or (self.is_fitted and stage != "fit"):
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is fitted from a TextMapDataModule: pass "
+                "datamodule=... to the Trainer call"
+            )
+        log.info("fitting %s in closed form on the training split", type(self).__name__)
+        self.fit_closed_form(datamodule)
+        self.is_fitted = True
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict", {})
+        for name in self.fitted_buffers:
+            value = state.get(name)
+            if isinstance(value, Tensor):  # the fit's shape, the module's dtype
+                current = getattr(self, name)
+                self.register_buffer(
+                    name, torch.zeros(value.shape, dtype=current.dtype, device=current.device)
+                )
+        self.is_fitted = True
+
+    def configure_optimizers(self) -> None:
+        """No optimizer: the fit is done before training starts."""
+        return None
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """End the fit at the first batch (validation still runs, then checkpoints)."""
+        self.optimizers().step()  # Lightning's stand-in optimizer: counts the step
+        self.trainer.should_stop = True

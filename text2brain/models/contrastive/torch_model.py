@@ -1,0 +1,228 @@
+"""The contrastive heads as plain torch: two encoders into one space, and the space's geometry.
+
+`ContrastiveNet` embeds texts (transformer -> linear projection) and masked brain maps (scaled,
+scattered back to the grid -> `BrainEncoder`, the mirror of Text2Brain's decoder) into features
+of the same size; a geometry turns features into points and compares them:
+
+* `CosineGeometry` (CLIP): L2-normalised points, distance ``1 - cos``, logits ``scale * cos``.
+* `LorentzGeometry` (MNM, MERU-style): features times a learnable per-modality scale, lifted
+  onto the hyperboloid with `exp_map0`; distance the geodesic one (or the exterior angle of
+  the parent's entailment cone), logits ``-scale * distance``; entailment and intra-brain
+  hierarchy losses.
+
+Every geometry gives `contrastive_loss` (symmetric InfoNCE with global negatives under DDP),
+`cross_distance` (texts x maps: what the logits are made of, used for retrieval and recall)
+and `distance` (maps x maps, symmetric), and the scalars worth logging (`stats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from text2brain import lorentz
+from text2brain.models.contrastive import losses
+from text2brain.models.contrastive.retrieval import scale_maps
+from text2brain.models.decoders import BrainEncoder
+from text2brain.models.encoders import TextEncoder
+
+MODALITIES = ("text", "brain")
+
+
+class CosineGeometry(nn.Module):
+    """Euclidean CLIP geometry: unit vectors compared by cosine, learnable temperature."""
+
+    def __init__(self, temperature: float = 0.07) -> None:
+        super().__init__()
+        self.logit_scale = losses.LogitScale(1.0 / temperature)
+
+    def embed(self, features: Tensor, modality: str) -> Tensor:
+        """Unit vectors (fp32) of features (n, d); zero features stay zero."""
+        return F.normalize(features.float(), dim=-1)
+
+    @lorentz.at_least_fp32
+    def distance(self, a: Tensor, b: Tensor) -> Tensor:
+        """Cosine distance ``1 - cos``: (n, d), (m, d) -> (n, m)."""
+        return 1.0 - a @ b.transpose(0, 1)
+
+    def cross_distance(self, text: Tensor, brain: Tensor) -> Tensor:
+        """Text x map distances (n_text, n_brain)."""
+        return self.distance(text, brain)
+
+    def contrastive_loss(self, text: Tensor, brain: Tensor) -> Tensor:
+        scale = self.logit_scale()
+        return losses.global_clip_loss(text, brain, lambda a, b: losses.cosine_logits(a, b, scale))
+
+    def stats(self, text: Tensor, brain: Tensor) -> dict[str, Tensor]:
+        return {"logit_scale": self.logit_scale().detach()}
+
+
+class LorentzGeometry(nn.Module):
+    """MNM geometry: the Lorentz model with learnable curvature, MERU-style.
+
+    Args:
+        dim: feature size (the per-modality scales start at ``1/sqrt(dim)``).
+        curvature: initial ``c`` (curvature ``-c``), learned in ``[c/10, 10 c]``.
+        learn_curvature: False keeps ``c`` fixed (the usual remedy for curvature collapse).
+        temperature: initial temperature of the logits (learned, scale capped at 100).
+        logits: "distance" (``-scale * d``) or "angle" (``-scale *`` exterior angle at the
+            parent's point: how far the child is from the axis of the parent's cone).
+        parent: the modality whose entailment cone should contain the other's point, "text"
+            (a text is more general than its map, MERU's convention) or "brain"; also the
+            apex of angle logits.
+        min_radius: ``K`` of the cones' half-aperture ``asin(2K / (sqrt(c)|x|))``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        curvature: float = 1.0,
+        learn_curvature: bool = True,
+        temperature: float = 0.07,
+        logits: str = "distance",
+        parent: str = "text",
+        min_radius: float = lorentz.MIN_RADIUS,
+    ) -> None:
+        super().__init__()
+        if logits not in losses.LORENTZ_LOGITS:
+            raise ValueError(f"logits must be one of {losses.LORENTZ_LOGITS}, got {logits!r}")
+        if parent not in MODALITIES:
+            raise ValueError(f"entailment parent must be one of {MODALITIES}, got {parent!r}")
+        if not min_radius > 0:
+            raise ValueError(f"min_radius must be > 0, got {min_radius}")
+        self.curvature = losses.LearnableCurvature(curvature, learn_curvature)
+        self.alpha = nn.ModuleDict({m: losses.ModalityScale(dim) for m in MODALITIES})
+        self.logit_scale = losses.LogitScale(1.0 / temperature)
+        self.kind = logits
+        self.parent = parent
+        self.min_radius = min_radius
+
+    def embed(self, features: Tensor, modality: str) -> Tensor:
+        """Points on the hyperboloid (space components, fp32): ``exp_map0(alpha * features)``."""
+        return lorentz.exp_map0(features.float() * self.alpha[modality](), self.curvature())
+
+    def distance(self, a: Tensor, b: Tensor) -> Tensor:
+        """Geodesic distances (n, m) between points (n, d) and (m, d)."""
+        return lorentz.pairwise_dist(a, b, self.curvature())
+
+    def cross_distance(self, text: Tensor, brain: Tensor) -> Tensor:
+        """Text x map distances (n_text, n_brain): geodesic, or the angle at the parent."""
+        c = self.curvature()
+        if self.kind == "distance":
+            return lorentz.pairwise_dist(text, brain, c)
+        if self.parent == "text":
+            return lorentz.pairwise_exterior_angle(text, brain, c)
+        return lorentz.pairwise_exterior_angle(brain, text, c).transpose(0, 1)
+
+    def _parent_first(self, text: Tensor, brain: Tensor) -> tuple[Tensor, Tensor]:
+        return (text, brain) if self.parent == "text" else (brain, text)
+
+    def contrastive_loss(self, text: Tensor, brain: Tensor) -> Tensor:
+        c, scale = self.curvature(), self.logit_scale()
+        parent, child = self._parent_first(text, brain)
+        return losses.global_clip_loss(
+            parent, child, lambda a, b: losses.lorentz_logits(a, b, c, scale, self.kind)
+        )
+
+    def entailment_loss(self, text: Tensor, brain: Tensor) -> Tensor:
+        """Paired text and map: the child outside the parent's cone, on average."""
+        parent, child = self._parent_first(text, brain)
+        return losses.entailment_loss(parent, child, self.curvature(), self.min_radius)
+
+    def hierarchy_losses(
+        self,
+        brain: Tensor,
+        parent_index: Tensor,
+        child_index: Tensor,
+        aperture_scale: float = 1.0,
+        margin: float = 0.0,
+    ) -> losses.HierarchyLosses:
+        """Article-average map (parent) -> its table maps (children), rows of `brain`."""
+        return losses.hierarchy_losses(
+            brain,
+            parent_index,
+            child_index,
+            self.curvature(),
+            self.min_radius,
+            aperture_scale,
+            margin,
+        )
+
+    def curvature_at_lower_bound(self) -> bool:
+        """Whether a learnable ``c`` sits at its lower bound (the known collapse)."""
+        log_c = self.curvature.log_value
+        return log_c.requires_grad and float(log_c.detach()) <= self.curvature.log_low + 1e-6
+
+    def stats(self, text: Tensor, brain: Tensor) -> dict[str, Tensor]:
+        c = self.curvature()
+        with torch.no_grad():
+            return {
+                "curvature": c.detach(),
+                "logit_scale": self.logit_scale().detach(),
+                "alpha_text": self.alpha["text"]().detach(),
+                "alpha_brain": self.alpha["brain"]().detach(),
+                "dist0_text": lorentz.dist0(text.detach(), c).mean(),
+                "dist0_brain": lorentz.dist0(brain.detach(), c).mean(),
+            }
+
+
+Geometry = CosineGeometry | LorentzGeometry
+
+
+class ContrastiveNet(nn.Module):
+    """Text and brain-map encoders into features of one size, and the geometry of that space.
+
+    Args:
+        text_encoder: the transformer (pooled output of size ``text_encoder.dim``).
+        geometry: `CosineGeometry` or `LorentzGeometry`.
+        grid_shape: the brain grid; maps are scattered back onto it for the 3D CNN.
+        mask_index: flat grid indices of the mask voxels (the order of masked vectors).
+        embed_dim: feature size of both modalities.
+        brain_channels, brain_norm, brain_activation, brain_offset, brain_crop,
+            brain_dropout: the `BrainEncoder`.
+    """
+
+    def __init__(
+        self,
+        text_encoder: TextEncoder,
+        geometry: Geometry,
+        grid_shape: Sequence[int],
+        mask_index: Tensor,
+        embed_dim: int = 256,
+        brain_channels: Sequence[int] = (8, 16, 32),
+        brain_norm: str = "batch",
+        brain_activation: str = "hardtanh",
+        brain_offset: Sequence[int] | None = None,
+        brain_crop: Sequence[int] | None = None,
+        brain_dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.text_projection = nn.Linear(text_encoder.dim, embed_dim)
+        self.brain_encoder = BrainEncoder(
+            embed_dim,
+            grid_shape=tuple(grid_shape),
+            channels=tuple(brain_channels),
+            norm=brain_norm,
+            activation=brain_activation,
+            output_offset=None if brain_offset is None else tuple(brain_offset),
+            output_crop=None if brain_crop is None else tuple(brain_crop),
+            dropout=brain_dropout,
+        )
+        self.geometry = geometry
+        self.grid_shape = tuple(grid_shape)
+        self.register_buffer("mask_index", mask_index.clone(), persistent=False)
+
+    def embed_text(self, tokens: dict[str, Tensor]) -> Tensor:
+        """Points (n, embed_dim) of tokenised texts."""
+        return self.geometry.embed(self.text_projection(self.text_encoder(**tokens)), "text")
+
+    def embed_maps(self, maps: Tensor) -> Tensor:
+        """Points (n, embed_dim) of masked maps (n, n_voxels), each scaled by its max |value|."""
+        volume = maps.new_zeros((maps.shape[0], *self.grid_shape), dtype=torch.float32)
+        volume.flatten(1)[:, self.mask_index] = scale_maps(maps.float())
+        features = self.brain_encoder(volume)
+        return self.geometry.embed(features, "brain")
