@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -265,9 +264,11 @@ def dice_curve_figure(scores: Sequence[ModelScores]) -> Figure:
 
 
 def query_panel_figure(predictors: Mapping[str, Predictor], queries: Sequence[str]) -> Figure:
-    """Glass-brain views of each query (rows) by each model (columns), top 10% voxels."""
+    """Glass-brain views of each query (rows) by each model (columns): each map's top 10%
+    voxels, positive red and negative blue, as the training figures show them."""
     from nilearn import plotting
 
+    from text2brain.callbacks import display_threshold
     from text2brain.figures import new_figure
 
     names = list(predictors)
@@ -280,19 +281,18 @@ def query_panel_figure(predictors: Mapping[str, Predictor], queries: Sequence[st
             maps = predictor.predict_vectors(list(queries))
         for row, (query, vector) in enumerate(zip(queries, maps, strict=True)):
             ax = axes[row, column]
-            magnitude = np.abs(vector)
-            threshold = float(np.quantile(magnitude, 1 - PANEL_TOP))
-            if not magnitude.max() > 0:  # no answer (an all-zero map)
+            if not np.abs(vector).max() > 0:  # no answer (an all-zero map)
                 ax.text(0.5, 0.5, "no known term", ha="center", va="center")
                 ax.set_axis_off()
             else:
                 with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=".*'partition' will ignore")
+                    warnings.simplefilter("ignore")  # nilearn's notes on sparse or flat maps
                     plotting.plot_glass_brain(
                         predictor.space.to_nifti(vector),
                         axes=ax,
-                        threshold=threshold if threshold > 0 else None,
+                        threshold=display_threshold(vector, PANEL_TOP),
                         plot_abs=False,
+                        symmetric_cbar=True,
                         colorbar=False,
                         annotate=False,
                     )
@@ -353,12 +353,9 @@ def fit_config(config: str, args: Sequence[str], data: Mapping[str, Any], workdi
     from text2brain.training import run_lightning_cli
 
     workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", suffix=".yaml", dir=workdir, delete=False, encoding="utf-8"
-    ) as f:
-        yaml.safe_dump({"data": dict(data)}, f)
-        data_config = f.name
-    cli = run_lightning_cli(["fit", "-c", config, "-c", data_config, *args])
+    data_config = workdir / "data.yaml"  # kept: says what the model was fitted on
+    data_config.write_text(yaml.safe_dump({"data": dict(data)}), encoding="utf-8")
+    cli = run_lightning_cli(["fit", "-c", config, "-c", str(data_config), *args])
     callback = cli.trainer.checkpoint_callback
     best = getattr(callback, "best_model_path", "") if callback else ""
     if not best or not Path(best).is_file():

@@ -59,8 +59,9 @@ class TermHead(ClosedFormModule):
         data_dir: folder of the NeuroQuery files (default: $TEXT2BRAIN_DATA_DIR or the cache).
         document_fields: article fields that make a training document (title, keywords,
             abstract, discussion, captions). NeuroQuery's abstracts are bags of terms (see
-            text2brain.corpus.neuroquery): read like prose, their term boundaries are lost,
-            so a phrase may form across two neighbouring terms (rare; measured in README).
+            text2brain.corpus.neuroquery), read here like prose: the terms found agree with
+            NeuroQuery's own count matrices for 99.7% of (article, term) pairs, but each
+            abstract term counts once (its count is not in the text).
         min_documents: a term is a feature when it occurs in at least this many training
             documents (others are matched but dropped, and counted).
         unknown_query: "zero" or "mean": the map of a query without any fitted term.
