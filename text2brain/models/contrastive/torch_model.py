@@ -1,6 +1,6 @@
 """The contrastive heads as plain torch: two encoders into one space, and the space's geometry.
 
-`ContrastiveNet` embeds texts (transformer -> linear projection) and masked brain maps (scaled,
+`ContrastiveNet` embeds texts (transformer -> layer norm -> projection) and masked maps (scaled,
 scattered back to the grid -> `BrainEncoder`, the mirror of Text2Brain's decoder) into features
 of the same size; a geometry turns features into points and compares them:
 
@@ -201,7 +201,15 @@ class ContrastiveNet(nn.Module):
     ) -> None:
         super().__init__()
         self.text_encoder = text_encoder
-        self.text_projection = nn.Linear(text_encoder.dim, embed_dim)
+        # As CLIP and MERU: a LayerNorm, then a projection initialised with std 1/sqrt(width),
+        # so projected features have a norm near sqrt(embed_dim) whatever the encoder's output
+        # scale, and MNM's scale 1/sqrt(embed_dim) lifts them about one unit from the origin.
+        # A plain Linear left MiniLM's pooled output (norm ~5) within 0.2 of the origin, where
+        # every text is near every map: MNM's contrastive loss started above chance level.
+        width = text_encoder.dim
+        self.text_projection = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, embed_dim))
+        nn.init.normal_(self.text_projection[1].weight, std=width**-0.5)
+        nn.init.zeros_(self.text_projection[1].bias)
         self.brain_encoder = BrainEncoder(
             embed_dim,
             grid_shape=tuple(grid_shape),
