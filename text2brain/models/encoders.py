@@ -202,6 +202,17 @@ class TextEncoder(nn.Module):
             f"BERT-like models only"
         )
 
+    @classmethod
+    def from_hparams(cls, hparams: Any) -> TextEncoder:
+        """The encoder that a head's hyper-parameters describe: one construction for all heads."""
+        return cls(
+            hparams.encoder,
+            pooling=hparams.pooling,
+            freeze_embeddings=hparams.freeze_embeddings,
+            freeze_layers=hparams.freeze_layers,
+            pretrained=hparams.pretrained,
+        )
+
     @property
     def dim(self) -> int:
         """Size of the pooled embedding (the model's hidden size)."""

@@ -103,13 +103,7 @@ class ContrastiveHead(BrainMapModule):
     # -- building -----------------------------------------------------------------------------
     def build(self, space: BrainSpace) -> None:
         hp = self.hparams
-        text_encoder = TextEncoder(
-            hp.encoder,
-            pooling=hp.pooling,
-            freeze_embeddings=hp.freeze_embeddings,
-            freeze_layers=hp.freeze_layers,
-            pretrained=hp.pretrained,
-        )
+        text_encoder = TextEncoder.from_hparams(hp)
         self.net = ContrastiveNet(
             text_encoder,
             self.make_geometry(),

@@ -91,13 +91,7 @@ class Text2Brain(BrainMapModule):
 
     def build(self, space: BrainSpace) -> None:
         hp = self.hparams
-        text_encoder = TextEncoder(
-            hp.encoder,
-            pooling=hp.pooling,
-            freeze_embeddings=hp.freeze_embeddings,
-            freeze_layers=hp.freeze_layers,
-            pretrained=hp.pretrained,
-        )
+        text_encoder = TextEncoder.from_hparams(hp)
         self.net = Text2BrainNet(
             text_encoder,
             grid_shape=space.shape,
