@@ -287,13 +287,16 @@ def test_torch_file_of_something_else(tmp_path: Path, ckpt_dict: dict[str, Any])
         load_predictor(path)
 
 
-@pytest.mark.parametrize(("version", "advice"), [(99, "upgrade text2brain"), (0, "re-export")])
+@pytest.mark.parametrize(
+    ("version", "advice"),
+    [(99, "upgrade text2brain"), (0, "re-export"), ("1", "not a format version")],
+)
 def test_other_format_version(
-    tmp_path: Path, ckpt_dict: dict[str, Any], version: int, advice: str
+    tmp_path: Path, ckpt_dict: dict[str, Any], version: int | str, advice: str
 ) -> None:
     ckpt_dict["text2brain"]["format_version"] = version
     path = _save(ckpt_dict, tmp_path / "old.ckpt")
-    with pytest.raises(ValueError, match=f"format {version}.*{advice}"):
+    with pytest.raises(ValueError, match=f"format {version!r}.*{advice}"):
         load_predictor(path)
 
 

@@ -194,6 +194,14 @@ def test_checkpoint_round_trip(
     loaded.eval()
     assert torch.equal(model.predict_texts(TEXTS), loaded.predict_texts(TEXTS))
 
+    # Every head exports (weights + JSON) and loads back from the export with the same maps.
+    from text2brain.export import export_checkpoint
+    from text2brain.inference import load_predictor
+
+    export_checkpoint(path, tmp_path / "export", dtype="float32")
+    exported = load_predictor(tmp_path / "export", device="cpu").predict_vectors(TEXTS)
+    assert np.allclose(exported, model.predict_texts(TEXTS).numpy(), atol=1e-6)
+
 
 def test_checkpoint_without_text2brain_section_is_refused(
     model_name: str, tiny_bert: Path, space: BrainSpace
@@ -202,7 +210,7 @@ def test_checkpoint_without_text2brain_section_is_refused(
     with pytest.raises(ValueError, match="no 'text2brain' section"):
         model.on_load_checkpoint({"state_dict": {}})
     info = {"format_version": CHECKPOINT_FORMAT + 1, "space": space.to_dict()}
-    with pytest.raises(ValueError, match="not supported"):
+    with pytest.raises(ValueError, match="newer than this text2brain reads"):
         model.on_load_checkpoint({"text2brain": info})
 
 
@@ -399,17 +407,52 @@ def test_ridge_readout_leave_one_out_matches_refitting() -> None:
         fit_ridge_readout(x, y[:-1])
 
 
+def test_reduced_rank_readout_keeps_the_top_directions_of_the_fitted_maps() -> None:
+    from text2brain.models.text2brain.readout import fit_ridge_readout
+
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 12, generator=generator, dtype=torch.float64)
+    # Maps from 2 spatial modes driven by the text, plus noise in every voxel.
+    modes = torch.randn(2, 50, generator=generator, dtype=torch.float64)
+    y = x[:, :2] @ modes + 0.5 * torch.randn(200, 50, generator=generator, dtype=torch.float64)
+    full = fit_ridge_readout(x, y, relative_alphas=[0.01], loo_voxels=None)
+    assert torch.equal(full.weight_in, torch.eye(12))
+    low = fit_ridge_readout(x, y, relative_alphas=[0.01], loo_voxels=None, rank=2)
+    assert low.weight_in.shape == (12, 2) and low.weight_out.shape == (2, 50)
+    assert torch.allclose(low.weight_out @ low.weight_out.T, torch.eye(2), atol=1e-5)
+    # Brute force: the rank-2 truncation of the full fit's centred fitted values.
+    xc = x - x.mean(0)
+    fitted = xc @ full.weight.double()
+    u, s, vt = torch.linalg.svd(fitted, full_matrices=False)
+    expected = (u[:, :2] * s[:2]) @ vt[:2]
+    assert torch.allclose(xc @ low.weight.double(), expected, atol=1e-4)
+    # The 2 true modes are what the rank-2 readout keeps: it recovers them better than the
+    # full-rank readout, which also fits the noise.
+    truth = x[:, :2] @ modes
+    error = {
+        name: float(((x @ f.weight.double() + f.bias - truth) ** 2).mean())
+        for name, f in (("full", full), ("low", low))
+    }
+    assert error["low"] < error["full"]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="rank must be a positive int"):
+            fit_ridge_readout(x, y, rank=bad)
+
+
+@pytest.mark.parametrize("rank", [None, 2])
 def test_text2brain_ridge_readout_is_fitted_and_saved(
-    tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path
+    tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path, rank: int | None
 ) -> None:
-    model = make_model("text2brain", tiny_bert, readout="ridge")
+    model = make_model("text2brain", tiny_bert, readout="ridge", readout_rank=rank)
     trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
-    assert model.readout_weight.abs().sum() > 0
+    dim = model.net.text_encoder.dim
+    assert model.readout_in.shape == (dim, rank or dim)
+    assert model.readout_out.abs().sum() > 0
     path = tmp_path / "readout.ckpt"
     trainer.save_checkpoint(path)
     loaded = type(model).load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    assert torch.equal(loaded.readout_weight, model.readout_weight)
+    assert torch.equal(loaded.readout_out, model.readout_out)
     model.eval()
     loaded.eval()
     maps = model.predict_texts(TEXTS)
@@ -417,3 +460,31 @@ def test_text2brain_ridge_readout_is_fitted_and_saved(
     assert maps.std(0).mean() > 0  # the readout makes maps depend on the text
     with pytest.raises(ValueError, match="readout must be one of"):
         make_model("text2brain", tiny_bert, readout="lasso")
+    with pytest.raises(ValueError, match="readout_rank must be a positive int"):
+        make_model("text2brain", tiny_bert, readout="ridge", readout_rank=0)
+
+
+def test_format_1_checkpoint_is_upgraded_on_load(
+    tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path
+) -> None:
+    """Format 1 stored the full readout as `readout_weight`; it still loads and predicts."""
+    model = make_model("text2brain", tiny_bert, readout="ridge")
+    trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=datamodule)
+    path = tmp_path / "format2.ckpt"
+    trainer.save_checkpoint(path)
+    old = torch.load(path, map_location="cpu", weights_only=True)
+    state = old["state_dict"]
+    state["readout_weight"] = state.pop("readout_in") @ state.pop("readout_out")
+    old["text2brain"]["format_version"] = 1
+    torch.save(old, tmp_path / "format1.ckpt")
+    loaded = type(model).load_from_checkpoint(
+        tmp_path / "format1.ckpt", map_location="cpu", weights_only=True
+    )
+    model.eval()
+    loaded.eval()
+    assert torch.allclose(loaded.predict_texts(TEXTS), model.predict_texts(TEXTS), atol=1e-6)
+    from text2brain.inference import load_predictor
+
+    predictor = load_predictor(tmp_path / "format1.ckpt", device="cpu")
+    assert np.allclose(predictor.predict_vectors(TEXTS), model.predict_texts(TEXTS), atol=1e-6)

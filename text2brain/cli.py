@@ -5,6 +5,8 @@
 - `text2brain prepare`: fetch and verify a corpus, build (or check) its split and render its
   article maps into the cache, so later training and evaluation start at once.
 - `text2brain compare FILE`: models side by side on one test split (text2brain.compare).
+- `text2brain export CKPT -o FOLDER`: weights (safetensors) + JSON config for release
+  (text2brain.export); `text2brain query` and `load_predictor` read the folder.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ def prepare(argv: list[str]) -> None:
     print(f"ready in {time.perf_counter() - start:.1f} s")
 
 
+def export(argv: list[str]) -> None:
+    """`text2brain export` (imported on use: it needs torch, `--help` of the rest does not)."""
+    from text2brain.export import export as run_export
+
+    run_export(argv)
+
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -67,7 +76,7 @@ def lightning(argv: list[str]) -> None:
     run_lightning_cli(argv)
 
 
-COMMANDS = {"prepare": prepare, "query": query, "compare": compare}
+COMMANDS = {"prepare": prepare, "query": query, "compare": compare, "export": export}
 
 
 def main(argv: list[str] | None = None) -> None:

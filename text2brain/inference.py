@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from text2brain.brain import BrainSpace
-from text2brain.models.base import CHECKPOINT_FORMAT, BrainMapModule
+from text2brain.models.base import BrainMapModule
+from text2brain.models.formats import upgrade_checkpoint
 from text2brain.text import check_texts
 
 if TYPE_CHECKING:
@@ -69,7 +70,8 @@ def load_predictor(
     """Load a checkpoint written by `text2brain fit` (or `Trainer.save_checkpoint`) for inference.
 
     Args:
-        checkpoint: path of the ``.ckpt`` file; None means the released default model.
+        checkpoint: path of a ``.ckpt`` file, or of an export folder (`text2brain export`);
+            None means the released default model.
         device: where the model runs; default "cuda" when available, else "cpu".
         precision: "fp32", "bf16" (autocast; faster on CPUs with bf16 support and on GPUs) or
             "fp16" (autocast, CUDA only).
@@ -82,13 +84,17 @@ def load_predictor(
     """
     path = _checkpoint_path(checkpoint)
     target = _resolve_device(device)
-    ckpt = _read_checkpoint(path)
+    ckpt = _read_export(path) if _is_export(path) else _read_checkpoint(path)
     info = ckpt["text2brain"]
     cls = _registered_class(
         path, info.get("class_path") or ckpt["hyper_parameters"].get("_class_path")
     )
-    model = _build_model(path, cls, ckpt)
-    _load_weights(path, model, ckpt["state_dict"])
+    base_encoder = (ckpt.get("export") or {}).get("base_encoder")
+    model = _build_model(path, cls, ckpt, pretrained=base_encoder is not None)
+    state = ckpt["state_dict"]
+    if base_encoder is not None:
+        state = _with_base_encoder(path, model, state, base_encoder)
+    _load_weights(path, model, state)
     model.eval().requires_grad_(False)
     return Predictor(model, target, precision)
 
@@ -111,9 +117,52 @@ def _checkpoint_path(checkpoint: str | os.PathLike | None) -> Path:
     path = Path(checkpoint).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if path.is_dir():
-        raise CheckpointError(f"{str(path)!r} is a folder; pass the path of a .ckpt file")
+    if path.is_dir() and not _is_export(path):
+        raise CheckpointError(
+            f"{str(path)!r} is a folder without model.json; pass the path of a .ckpt file or "
+            "of a folder written by `text2brain export`"
+        )
     return path
+
+
+def _is_export(path: Path) -> bool:
+    from text2brain.export import is_export
+
+    return is_export(path)
+
+
+def _read_export(path: Path) -> dict[str, Any]:
+    """An export folder as a checkpoint dict, checked and upgraded like a checkpoint."""
+    from text2brain.export import read_export
+
+    try:
+        ckpt = read_export(path)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
+    return _checked_checkpoint(path, ckpt)
+
+
+def _with_base_encoder(
+    path: Path, model: BrainMapModule, state: dict[str, Any], base_encoder: dict[str, Any]
+) -> dict[str, Any]:
+    """The export's state dict completed with the weights it left out, from the base encoder.
+
+    The model was built with the installed base encoder's weights; their fingerprint must be
+    the one recorded at export, or the maps would silently differ from the exported model's.
+    """
+    from text2brain.export import fingerprint
+
+    keys = list(base_encoder.get("keys") or [])
+    own = model.state_dict()
+    unknown = [k for k in keys if k not in own]
+    if unknown or fingerprint(own, keys) != base_encoder.get("fingerprint"):
+        raise CheckpointError(
+            f"{str(path)!r} needs the base text encoder "
+            f"{model.hparams.get('encoder')!r} it was exported against, but the installed one "
+            "has other weights (another version of its package?); install the version used "
+            "at export, or export again with --keep-base-encoder"
+        )
+    return {**{k: own[k] for k in keys}, **state}
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -130,7 +179,7 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint dict, read without ever unpickling arbitrary objects."""
+    """The checkpoint dict, read without ever unpickling arbitrary objects, checked, upgraded."""
     try:
         with warnings.catch_warnings():  # said of any plain pickle; the error below says more
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -155,6 +204,11 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
             f"{str(path)!r} is not a text2brain checkpoint: it holds a {type(ckpt).__name__}, "
             "not a checkpoint dict"
         )
+    return _checked_checkpoint(path, ckpt)
+
+
+def _checked_checkpoint(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint dict (from a .ckpt or an export) after the checks both need."""
     missing = [key for key in REQUIRED_KEYS if key not in ckpt]
     if missing:
         raise CheckpointError(
@@ -168,17 +222,10 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
             f"{str(path)!r} is not a text2brain checkpoint: 'text2brain', 'hyper_parameters' "
             "and 'state_dict' must be dicts"
         )
-    version = info.get("format_version")
-    if version != CHECKPOINT_FORMAT:
-        how = (
-            "upgrade text2brain (pip install -U text2brain)"
-            if isinstance(version, int) and version > CHECKPOINT_FORMAT
-            else "load it with the text2brain version that wrote it and re-export it, or retrain"
-        )
-        raise CheckpointError(
-            f"{str(path)!r} has text2brain checkpoint format {version!r}, but this text2brain "
-            f"reads format {CHECKPOINT_FORMAT}: {how}"
-        )
+    try:
+        upgrade_checkpoint(ckpt)
+    except ValueError as err:
+        raise CheckpointError(f"{str(path)!r}: {err}") from err
     try:
         BrainSpace.from_dict(info["space"])
     except Exception as err:  # any malformed space description
@@ -223,17 +270,21 @@ def _registered_class(path: Path, class_path: Any) -> type[BrainMapModule]:
     )
 
 
-def _build_model(path: Path, cls: type[BrainMapModule], ckpt: dict[str, Any]) -> BrainMapModule:
+def _build_model(
+    path: Path, cls: type[BrainMapModule], ckpt: dict[str, Any], pretrained: bool = False
+) -> BrainMapModule:
     """The head from the checkpoint's hyper-parameters, with its grid-dependent modules built.
 
-    `pretrained=False`: the weights come from the checkpoint, so fetching the encoder's original
-    weights would be wasted time (and a download for hub encoders); its architecture and
-    tokenizer still come from the encoder name or folder in the hyper-parameters.
+    `pretrained=False` (default): the weights come from the checkpoint, so fetching the
+    encoder's original weights would be wasted time (and a download for hub encoders); its
+    architecture and tokenizer still come from the encoder name or folder in the
+    hyper-parameters. `pretrained=True` loads them: an export takes its unchanged base-encoder
+    weights from there.
     """
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not str(k).startswith("_")}
     params = inspect.signature(cls.__init__).parameters
     if "pretrained" in params:
-        hparams["pretrained"] = False
+        hparams["pretrained"] = pretrained
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = sorted(set(hparams) - set(params))
     if unknown and not takes_any:

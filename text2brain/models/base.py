@@ -20,9 +20,8 @@ from torch import Tensor, nn
 
 from text2brain.brain import BrainSpace
 from text2brain.metrics import map_metrics
+from text2brain.models.formats import CHECKPOINT_FORMAT, upgrade_checkpoint
 
-#: Version of what text2brain stores in a checkpoint (under the "text2brain" key).
-CHECKPOINT_FORMAT = 1
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -114,13 +113,7 @@ class BrainMapModule(L.LightningModule):
                 "this checkpoint has no 'text2brain' section: it was not written by a "
                 "text2brain model"
             )
-        version = info.get("format_version")
-        if version != CHECKPOINT_FORMAT:
-            raise ValueError(
-                f"checkpoint format {version} is not supported by this text2brain (format "
-                f"{CHECKPOINT_FORMAT}); load it with the text2brain version that wrote it and "
-                "re-export it, or retrain"
-            )
+        upgrade_checkpoint(checkpoint)
         self.set_space(BrainSpace.from_dict(info["space"]))
 
     # -- what a head provides -----------------------------------------------------------------

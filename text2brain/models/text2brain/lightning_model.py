@@ -44,6 +44,9 @@ class Text2Brain(BrainMapModule):
             embeddings of the training titles, penalty by leave-one-out; see
             text2brain.models.text2brain.readout) and kept fixed; the decoder and the encoder
             then learn what it misses. Short CPU budgets need it to leave the floor.
+        readout_rank: keep this many directions of the readout (reduced-rank ridge, stored as
+            two factors); None keeps the full rank (the embedding size). A low rank regularises
+            and shrinks the checkpoint: on NeuroQuery rank 32 beats the full rank.
         seed_shape, seed_channels, channels, dropout, norm, activation, output_crop,
             output_offset, output_norm_act: the decoder (text2brain.models.decoders.
             Text2BrainDecoder); None for seed_shape / channels / output_crop / output_offset
@@ -63,6 +66,7 @@ class Text2Brain(BrainMapModule):
         target_normalisation: str = "none",
         residual: bool = True,
         readout: str = "none",
+        readout_rank: int | None = None,
         seed_shape: list[int] | None = None,
         seed_channels: int = 64,
         channels: list[int] | None = None,
@@ -86,6 +90,10 @@ class Text2Brain(BrainMapModule):
             )
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        if readout_rank is not None and (
+            isinstance(readout_rank, bool) or not isinstance(readout_rank, int) or readout_rank < 1
+        ):
+            raise ValueError(f"readout_rank must be a positive int or null, got {readout_rank!r}")
         self.save_hyperparameters()
         self.net: Text2BrainNet | None = None
 
@@ -111,7 +119,9 @@ class Text2Brain(BrainMapModule):
             nn.init.zeros_(output.weight)
             nn.init.zeros_(output.bias)
         if hp.readout == "ridge":
-            self.register_buffer("readout_weight", torch.zeros(text_encoder.dim, space.n_voxels))
+            rank = min(hp.readout_rank or text_encoder.dim, text_encoder.dim)
+            self.register_buffer("readout_in", torch.zeros(text_encoder.dim, rank))
+            self.register_buffer("readout_out", torch.zeros(rank, space.n_voxels))
             self.register_buffer("readout_bias", torch.zeros(space.n_voxels))
 
     def setup(self, stage: str) -> None:
@@ -150,11 +160,13 @@ class Text2Brain(BrainMapModule):
         targets = self.normalise_target(torch.from_numpy(np.asarray(maps[rows], np.float32)))
         if self.hparams.residual:
             targets -= self.mean_map.cpu()
-        fit = fit_ridge_readout(embeddings, targets)
-        self.readout_weight.copy_(fit.weight)
+        fit = fit_ridge_readout(embeddings, targets, rank=self.readout_in.shape[1])
+        self.readout_in.copy_(fit.weight_in)
+        self.readout_out.copy_(fit.weight_out)
         self.readout_bias.copy_(fit.bias)
         rank_zero_info(
-            f"ridge readout fitted on {len(rows):,} training titles (alpha {fit.alpha:.3g})"
+            f"ridge readout fitted on {len(rows):,} training titles (alpha {fit.alpha:.3g}, "
+            f"rank {self.readout_in.shape[1]})"
         )
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
@@ -162,7 +174,9 @@ class Text2Brain(BrainMapModule):
         embedding = self.net.text_encoder(**tokens)
         maps = self.to_masked(self.net.decoder(embedding)).float()
         if self.hparams.readout == "ridge":
-            maps = maps + embedding.float() @ self.readout_weight + self.readout_bias
+            maps = (
+                maps + (embedding.float() @ self.readout_in) @ self.readout_out + self.readout_bias
+            )
         return maps + self.mean_map if self.hparams.residual else maps
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:

@@ -1,0 +1,208 @@
+"""`text2brain export`: safetensors + JSON that `load_predictor` and `text2brain query` read.
+
+The registry-parametrised round trip (every head exports and loads back) is in test_models.py;
+here: leaving out the unchanged base encoder, half precision, and every way an export can be
+bad.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from model_configs import tiny_init_args
+from synthetic import make_corpus, small_space, write_mask
+
+from text2brain.cli import main
+from text2brain.export import CONFIG_NAME, WEIGHTS_NAME, export_checkpoint
+from text2brain.inference import CheckpointError, load_predictor
+from text2brain.paths import CACHE_DIR_ENV
+
+TEXTS = ["working memory", "move the tongue", "pain", "fear of faces in the amygdala"]
+
+
+@pytest.fixture(scope="module")
+def base_encoder(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    """A private copy of the tiny BERT: one test changes its weights."""
+    return Path(shutil.copytree(tiny_bert, tmp_path_factory.mktemp("base") / "bert"))
+
+
+@pytest.fixture(scope="module")
+def frozen_checkpoint(tmp_path_factory: pytest.TempPathFactory, base_encoder: Path) -> Path:
+    """Two steps of a Text2Brain whose pretrained encoder is entirely frozen."""
+    from text2brain.corpus.jsonl import write_jsonl_corpus
+    from text2brain.data import TextMapDataModule
+    from text2brain.models.text2brain import Text2Brain
+
+    tmp = tmp_path_factory.mktemp("export")
+    space = small_space()
+    corpus = write_jsonl_corpus(make_corpus(space), tmp / "corpus.jsonl")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_DIR_ENV, str(tmp / "cache"))
+        data = TextMapDataModule(
+            corpus=str(corpus),
+            mask=str(write_mask(space, tmp / "mask.nii.gz")),
+            split_file=str(tmp / "split.json"),
+            n_test=8,
+            n_val=8,
+            keyword_max_df=0.05,
+            tokenizer=str(base_encoder),
+            batch_size=8,
+            num_workers=0,
+        )
+        args = tiny_init_args("text2brain", base_encoder)
+        args.update(pretrained=True, freeze_embeddings=True, freeze_layers=2, readout="ridge")
+        L.seed_everything(0, verbose=False)
+        model = Text2Brain(**args)
+        trainer = L.Trainer(
+            max_steps=2,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            devices=1,
+        )
+        trainer.fit(model, datamodule=data)
+        path = tmp / "frozen.ckpt"
+        trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(frozen_checkpoint: Path) -> np.ndarray:
+    return load_predictor(frozen_checkpoint, device="cpu").predict_vectors(TEXTS)
+
+
+def test_export_leaves_out_the_unchanged_base_encoder(
+    frozen_checkpoint: Path, reference: np.ndarray, tmp_path: Path
+) -> None:
+    summary = export_checkpoint(frozen_checkpoint, tmp_path / "slim", dtype="float32")
+    full = export_checkpoint(
+        frozen_checkpoint, tmp_path / "full", dtype="float32", keep_base_encoder=True
+    )
+    config = json.loads((tmp_path / "slim" / CONFIG_NAME).read_text())
+    left_out = config["base_encoder"]["keys"]
+    assert summary.n_base_encoder_tensors == len(left_out) > 0
+    assert all(k.startswith("net.text_encoder.") for k in left_out)
+    state = torch.load(frozen_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    encoder_bytes = sum(state[k].numel() * state[k].element_size() for k in left_out)
+    assert full.n_base_encoder_tensors == 0
+    # The difference is those tensors' bytes plus their entries in the safetensors header.
+    assert encoder_bytes < full.weights_bytes - summary.weights_bytes < 1.1 * encoder_bytes
+    assert config["checkpoint_format"] >= 2 and config["source"]["global_step"] == 2
+    for folder in ("slim", "full", "slim/" + CONFIG_NAME, "slim/" + WEIGHTS_NAME):
+        maps = load_predictor(tmp_path / folder, device="cpu").predict_vectors(TEXTS)
+        assert np.array_equal(maps, reference), folder
+
+
+def test_float16_export_is_half_the_size_and_close(
+    frozen_checkpoint: Path, reference: np.ndarray, tmp_path: Path
+) -> None:
+    half = export_checkpoint(frozen_checkpoint, tmp_path / "half")
+    single = export_checkpoint(frozen_checkpoint, tmp_path / "single", dtype="float32")
+    assert half.weights_bytes < 0.6 * single.weights_bytes
+    maps = load_predictor(tmp_path / "half", device="cpu").predict_vectors(TEXTS)
+    assert maps.dtype == np.float32
+    assert np.abs(maps - reference).max() < 1e-2 * np.abs(reference).max()
+    for a, b in zip(maps, reference, strict=True):
+        assert np.corrcoef(a, b)[0, 1] > 0.9999
+
+
+def test_a_changed_base_encoder_is_refused(
+    frozen_checkpoint: Path, base_encoder: Path, tmp_path: Path
+) -> None:
+    export_checkpoint(frozen_checkpoint, tmp_path / "export")
+    from safetensors.torch import load_file, save_file
+
+    weights = base_encoder / "model.safetensors"
+    original = weights.read_bytes()
+    try:
+        tensors = load_file(weights)
+        name = next(k for k in tensors if k.endswith("attention.self.query.weight"))
+        tensors[name] = tensors[name] + 0.01
+        save_file(tensors, weights, metadata={"format": "pt"})
+        with pytest.raises(CheckpointError, match="needs the base text encoder"):
+            load_predictor(tmp_path / "export", device="cpu")
+    finally:
+        weights.write_bytes(original)
+    load_predictor(tmp_path / "export", device="cpu")
+
+
+def _edit_config(folder: Path, **changes: Any) -> None:
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    config.update(changes)
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+
+
+def test_bad_exports_are_refused_with_reasons(frozen_checkpoint: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "export"
+    export_checkpoint(frozen_checkpoint, folder)
+    with pytest.raises(FileExistsError, match="already holds an export"):
+        export_checkpoint(frozen_checkpoint, folder)
+    export_checkpoint(frozen_checkpoint, folder, overwrite=True)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        export_checkpoint(frozen_checkpoint, tmp_path / "x", dtype="int8")
+
+    for version, advice in ((99, "upgrade text2brain"), (0, "export it again")):
+        broken = Path(shutil.copytree(folder, tmp_path / f"v{version}"))
+        _edit_config(broken, export_format=version)
+        with pytest.raises(CheckpointError, match=f"export format {version}.*{advice}"):
+            load_predictor(broken, device="cpu")
+
+    damaged = Path(shutil.copytree(folder, tmp_path / "damaged"))
+    with (damaged / WEIGHTS_NAME).open("r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\0\0\0\0")
+    with pytest.raises(CheckpointError, match="does not match the sha256"):
+        load_predictor(damaged, device="cpu")
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / CONFIG_NAME).write_text('{"name": "some other model"}')
+    (other / WEIGHTS_NAME).write_bytes(b"")
+    with pytest.raises(CheckpointError, match="not a text2brain export config"):
+        load_predictor(other, device="cpu")
+    (other / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_predictor(other, device="cpu")
+
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    shutil.copy(folder / CONFIG_NAME, lonely)
+    with pytest.raises(FileNotFoundError, match="lacks model.safetensors"):
+        load_predictor(lonely, device="cpu")
+    with pytest.raises(CheckpointError, match="folder without model.json"):
+        load_predictor(tmp_path, device="cpu")
+
+    newer = Path(shutil.copytree(folder, tmp_path / "newer"))
+    config = json.loads((newer / CONFIG_NAME).read_text())
+    config["text2brain"]["format_version"] = 99
+    (newer / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="checkpoint format 99 is newer"):
+        load_predictor(newer, device="cpu")
+
+
+def test_export_and_query_commands(
+    frozen_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["export", str(frozen_checkpoint), "-o", str(tmp_path / "export")])
+    out = capsys.readouterr().out
+    assert "base-encoder tensors left out" in out and WEIGHTS_NAME in out
+    main(["query", "working memory", "--ckpt", str(tmp_path / "export"), "-o", str(tmp_path)])
+    assert (tmp_path / "000_working_memory.nii.gz").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(tmp_path / "missing.ckpt"), "-o", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    assert "missing.ckpt' does not exist" in capsys.readouterr().err
+    torch.save({"not": "a checkpoint"}, tmp_path / "bad.ckpt")
+    with pytest.raises(SystemExit):
+        main(["export", str(tmp_path / "bad.ckpt"), "-o", str(tmp_path / "x")])
+    assert "lacks" in capsys.readouterr().err

@@ -1,0 +1,345 @@
+"""`text2brain export`: a checkpoint as a weights file (safetensors) plus a JSON config.
+
+```bash
+text2brain export checkpoints/text2brain/best.ckpt -o checkpoints/my-model
+```
+```python
+predictor = load_predictor("checkpoints/my-model")  # the folder (or its model.json)
+```
+
+Why: a training checkpoint holds what resuming needs (optimizer moments, loop state) and,
+for heads with a text encoder, a full copy of the encoder even where training never changed
+it. A release needs neither. An export is a folder with
+
+- `model.safetensors`: the weights; no pickle, so loading cannot run code. Floating-point
+  tensors are float16 by default (`--dtype float32` keeps them), except any whose values do
+  not fit float16, which stay float32 and are listed in the config.
+- `model.json`: the head's hyper-parameters, its grid and mask, the checkpoint format, the
+  export format, the provenance (source file, step, validation score) and the sha256 of the
+  weights file.
+
+Text-encoder weights equal to the installed base encoder's (a frozen encoder, frozen
+embeddings) are left out. The config records which ones, with a fingerprint of their values.
+Loading takes them from the installed encoder and checks that fingerprint, so a different
+base encoder fails with a clear error; it cannot silently change the maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from text2brain import __version__
+from text2brain.models.formats import CHECKPOINT_FORMAT
+
+#: Version of the export layout (model.json + model.safetensors).
+EXPORT_FORMAT = 1
+CONFIG_NAME = "model.json"
+WEIGHTS_NAME = "model.safetensors"
+#: What the config's "format" field says, so any other JSON is recognised as not an export.
+FORMAT_NAME = "text2brain-export"
+DTYPES = {"float16": torch.float16, "float32": torch.float32}
+_FLOAT16_MAX = float(torch.finfo(torch.float16).max)
+_STATE, _SECTION = "state/", "text2brain/"
+
+
+@dataclass
+class ExportSummary:
+    """What `export_checkpoint` wrote."""
+
+    directory: Path
+    n_tensors: int
+    n_base_encoder_tensors: int  # left out: equal to the installed base encoder's
+    weights_bytes: int
+    kept_float32: list[str]  # floating tensors outside float16's range
+
+    def describe(self) -> str:
+        kept = f"; kept in float32 (outside float16's range): {self.kept_float32}"
+        return (
+            f"wrote {self.directory / WEIGHTS_NAME} ({self.weights_bytes / 1e6:.1f} MB, "
+            f"{self.n_tensors} tensors) and {self.directory / CONFIG_NAME}; "
+            f"{self.n_base_encoder_tensors} base-encoder tensors left out (taken from the "
+            f"installed encoder when loading){kept if self.kept_float32 else ''}"
+        )
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    dtype: str = "float16",
+    keep_base_encoder: bool = False,
+    overwrite: bool = False,
+) -> ExportSummary:
+    """Write `checkpoint` as `out_dir/model.safetensors` + `out_dir/model.json`.
+
+    Args:
+        checkpoint: a `.ckpt` written by `text2brain fit` (it is checked as `load_predictor`
+            checks it, and upgraded to the current checkpoint format).
+        out_dir: the export folder (created).
+        dtype: "float16" (default; halves the size) or "float32" for floating tensors.
+        keep_base_encoder: also store text-encoder weights that equal the base encoder's.
+        overwrite: replace an existing export in `out_dir`.
+    """
+    from safetensors.torch import save_file
+
+    from text2brain.inference import (
+        _build_model,
+        _checkpoint_path,
+        _read_checkpoint,
+        _registered_class,
+    )
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    path = _checkpoint_path(checkpoint)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{str(out)!r} exists and is not a folder")
+    if not overwrite and any((out / name).exists() for name in (CONFIG_NAME, WEIGHTS_NAME)):
+        raise FileExistsError(f"{str(out)!r} already holds an export; pass overwrite=True")
+    ckpt = _read_checkpoint(path)
+    cls = _registered_class(path, ckpt["text2brain"].get("class_path"))
+    state = {k: v for k, v in ckpt["state_dict"].items()}
+
+    base_keys: list[str] = []
+    if not keep_base_encoder:
+        base = _build_model(path, cls, ckpt, pretrained=True)  # the installed base weights
+        base_state = base.state_dict()
+        prefixes = encoder_prefixes(base)
+        base_keys = sorted(
+            k
+            for k in state
+            if k.startswith(prefixes)
+            and k in base_state
+            and state[k].shape == base_state[k].shape
+            and torch.equal(state[k], base_state[k])
+        )
+
+    tensors: dict[str, torch.Tensor] = {}
+    kept_float32: list[str] = []
+    for key, value in state.items():
+        if key in base_keys:
+            continue
+        tensors[_STATE + key], kept = _cast(value, DTYPES[dtype])
+        if kept:
+            kept_float32.append(key)
+    section = _to_json(ckpt["text2brain"], _SECTION, tensors)
+    hyper_parameters = {k: v for k, v in ckpt["hyper_parameters"].items()}
+    try:
+        json.dumps(hyper_parameters)
+    except TypeError as err:
+        raise ValueError(
+            f"{str(path)!r} has hyper-parameters that are not plain JSON values ({err}); "
+            "text2brain heads take plain arguments"
+        ) from err
+
+    out.mkdir(parents=True, exist_ok=True)
+    weights_path = out / WEIGHTS_NAME
+    save_file(tensors, weights_path, metadata={"format": FORMAT_NAME})
+    config = {
+        "format": FORMAT_NAME,
+        "export_format": EXPORT_FORMAT,
+        "checkpoint_format": CHECKPOINT_FORMAT,
+        "text2brain_version": __version__,
+        "class_path": ckpt["text2brain"].get("class_path"),
+        "hyper_parameters": hyper_parameters,
+        "text2brain": section,
+        "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(weights_path), "dtype": dtype},
+        "base_encoder": (
+            {"keys": base_keys, "fingerprint": fingerprint(base_state, base_keys)}
+            if base_keys
+            else None
+        ),
+        "source": _provenance(path, ckpt),
+    }
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
+    return ExportSummary(
+        out, len(tensors), len(base_keys), weights_path.stat().st_size, kept_float32
+    )
+
+
+def encoder_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of the model's text encoders (their weights can come from the base)."""
+    from text2brain.models.encoders import TextEncoder
+
+    return tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, TextEncoder))
+
+
+def fingerprint(state: dict[str, torch.Tensor], keys: list[str]) -> str:
+    """sha256 of the named tensors' names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(keys):
+        value = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def _cast(value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
+    """(tensor to store, kept float32 because float16 cannot hold it)."""
+    value = value.detach().cpu().contiguous().clone()
+    if not value.is_floating_point() or value.dtype == dtype or value.dtype == torch.float16:
+        return value, False
+    if dtype == torch.float16 and value.numel() and float(value.abs().max()) > _FLOAT16_MAX:
+        return value.float(), True
+    return value.to(dtype), False
+
+
+def _to_json(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """`value` as JSON, its tensors moved into `tensors` as {"__tensor__": name} references."""
+    if isinstance(value, torch.Tensor):
+        tensors[prefix] = value.detach().cpu().contiguous().clone()
+        return {"__tensor__": prefix}
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise ValueError(f"checkpoint section {prefix!r} has keys that are not strings")
+        return {k: _to_json(v, f"{prefix}{k}/", tensors) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v, f"{prefix}{i}/", tensors) for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise ValueError(f"checkpoint section {prefix!r} holds a {type(value).__name__}")
+
+
+def _provenance(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    scores = {
+        name.split("monitor=")[-1].split(",")[0].strip("'\""): float(state["best_model_score"])
+        for name, state in ckpt.get("callbacks", {}).items()
+        if isinstance(state, dict) and state.get("best_model_score") is not None
+    }
+    return {
+        "checkpoint": path.name,
+        "epoch": ckpt.get("epoch"),
+        "global_step": ckpt.get("global_step"),
+        "best_scores": scores,
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def is_export(path: Path) -> bool:
+    """A folder holding model.json, or that model.json / model.safetensors itself."""
+    if path.is_dir():
+        return (path / CONFIG_NAME).is_file()
+    return path.name in (CONFIG_NAME, WEIGHTS_NAME)
+
+
+def read_export(path: Path) -> dict[str, Any]:
+    """The export as a checkpoint dict (state_dict, hyper_parameters, text2brain, export).
+
+    Base-encoder weights that were left out are missing from the state dict; the "export"
+    entry (the config) lists them, and `load_predictor` fills them in.
+
+    Raises:
+        FileNotFoundError: model.json or model.safetensors is missing.
+        ValueError: not an export, another export format, or a damaged weights file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = path if path.is_dir() else path.parent
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for needed in (config_path, weights_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"the export {str(folder)!r} lacks {needed.name}")
+    try:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(config_path)!r} is not valid JSON: {err}") from err
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        raise ValueError(f"{str(config_path)!r} is not a text2brain export config")
+    version = config.get("export_format")
+    if version != EXPORT_FORMAT:
+        how = (
+            "upgrade text2brain (pip install -U text2brain)"
+            if isinstance(version, int) and version > EXPORT_FORMAT
+            else "export it again from its checkpoint"
+        )
+        raise ValueError(
+            f"{str(folder)!r} has export format {version!r}, this text2brain reads "
+            f"{EXPORT_FORMAT}: {how}"
+        )
+    missing = [k for k in ("hyper_parameters", "text2brain", "weights") if k not in config]
+    if missing:
+        raise ValueError(f"{str(config_path)!r} lacks {missing}")
+    expected = config["weights"].get("sha256")
+    if expected != _sha256(weights_path):
+        raise ValueError(
+            f"{str(weights_path)!r} does not match the sha256 in {CONFIG_NAME} (damaged or "
+            "replaced): export the checkpoint again"
+        )
+    try:
+        tensors = load_file(weights_path)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{str(weights_path)!r} cannot be read: {err}") from err
+    state = {k[len(_STATE) :]: v for k, v in tensors.items() if k.startswith(_STATE)}
+    section = _from_json(config["text2brain"], tensors, str(config_path))
+    return {
+        "state_dict": state,
+        "hyper_parameters": config["hyper_parameters"],
+        "text2brain": section,
+        "export": config,
+    }
+
+
+def _from_json(value: Any, tensors: dict[str, torch.Tensor], source: str) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__tensor__"}:
+            name = value["__tensor__"]
+            if name not in tensors:
+                raise ValueError(f"{source!r} refers to a tensor {name!r} the weights lack")
+            return tensors[name]
+        return {k: _from_json(v, tensors, source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v, tensors, source) for v in value]
+    return value
+
+
+# -- command -------------------------------------------------------------------------------------
+
+
+def export(argv: list[str] | None = None) -> None:
+    """`text2brain export CKPT -o FOLDER` (the `COMMANDS` entry of text2brain.cli)."""
+    parser = argparse.ArgumentParser(
+        prog="text2brain export",
+        description="Write a checkpoint as model.safetensors (weights only) + model.json "
+        "(config), which load_predictor and `text2brain query --ckpt FOLDER` read.",
+    )
+    parser.add_argument("checkpoint", help=".ckpt written by `text2brain fit`")
+    parser.add_argument("-o", "--out-dir", required=True, help="export folder (created)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float16")
+    parser.add_argument(
+        "--keep-base-encoder",
+        action="store_true",
+        help="also store text-encoder weights equal to the installed base encoder's",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    args = parser.parse_args(argv)
+    try:
+        summary = export_checkpoint(
+            args.checkpoint, args.out_dir, args.dtype, args.keep_base_encoder, args.overwrite
+        )
+    except (OSError, ValueError) as err:
+        print(f"text2brain export: error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)
+    print(summary.describe())

@@ -1,0 +1,71 @@
+"""Checkpoint format versions, and the upgrades that let old checkpoints load.
+
+Every checkpoint records `text2brain.format_version`. When what a checkpoint holds changes,
+the version goes up and an upgrade from the previous version is added here, so a checkpoint
+(or an export) written by an older text2brain loads unchanged in a newer one: both Lightning's
+resume (`BrainMapModule.on_load_checkpoint`) and `load_predictor` upgrade in memory. A version
+with no upgrade path fails with a message that says how to convert it.
+
+History:
+- 1: first release format (grid and mask, class path, logger run id).
+- 2: the Text2Brain ridge readout is stored as two factors, `readout_in` (d, rank) and
+  `readout_out` (rank, voxels), so it can have a reduced rank; format 1 stored `readout_weight`
+  (d, voxels), which is `readout_in` = identity, `readout_out` = that weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+#: Version of what text2brain stores in a checkpoint (under the "text2brain" key).
+CHECKPOINT_FORMAT = 2
+#: The oldest format this text2brain can upgrade.
+OLDEST_FORMAT = 1
+
+
+def _factor_ridge_readout(checkpoint: dict[str, Any]) -> None:
+    """Format 1 -> 2: `readout_weight` (d, voxels) becomes identity x weight."""
+    state = checkpoint["state_dict"]
+    weight = state.pop("readout_weight", None)
+    if weight is not None:
+        state["readout_in"] = torch.eye(weight.shape[0], dtype=weight.dtype)
+        state["readout_out"] = weight
+
+
+#: version -> the upgrade of a checkpoint dict from that version to the next, in place.
+UPGRADES: dict[int, Callable[[dict[str, Any]], None]] = {1: _factor_ridge_readout}
+
+
+def upgrade_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Bring a checkpoint dict (its "text2brain" section and state dict) to CHECKPOINT_FORMAT.
+
+    Raises:
+        ValueError: the version is missing, newer than this text2brain's, or older than any
+            it can upgrade; the message says what to do.
+    """
+    info = checkpoint["text2brain"]
+    version = info.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(
+            f"checkpoint format {version!r} is not a format version (an int): the file was "
+            "not written by text2brain, or its 'text2brain' section is damaged"
+        )
+    if version > CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"checkpoint format {version} is newer than this text2brain reads (format "
+            f"{CHECKPOINT_FORMAT}): upgrade text2brain (pip install -U text2brain)"
+        )
+    if version < OLDEST_FORMAT:
+        raise ValueError(
+            f"checkpoint format {version} is older than any this text2brain can upgrade (formats "
+            f"{OLDEST_FORMAT}-{CHECKPOINT_FORMAT}): load it with the text2brain version that "
+            "wrote it and re-export it (`text2brain export`), or retrain"
+        )
+    while version < CHECKPOINT_FORMAT:
+        UPGRADES[version](checkpoint)
+        version += 1
+    info["format_version"] = version
+    return checkpoint
