@@ -194,9 +194,7 @@ def test_package_level_load_predictor() -> None:
 
 
 def test_default_checkpoint(monkeypatch: pytest.MonkeyPatch, checkpoint: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no default checkpoint is shipped yet"):
-        load_predictor()
-    # What shipping one will look like: the constant points at a file in the package.
+    # The released model is tested in test_release.py; here the constant is what is loaded.
     monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", checkpoint)
     assert load_predictor(device="cpu").space.shape == small_space().shape
     monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", checkpoint.with_name("gone.ckpt"))
@@ -434,7 +432,7 @@ def test_query_command_many_queries_from_stdin(
         (["pain", "--ckpt", "{tmp}/missing.ckpt"], "missing.ckpt' does not exist"),
         (["pain", "--ckpt", "{tmp}/junk.ckpt"], "junk.ckpt' is not a text2brain checkpoint"),
         (["pain", "--queries-file", "{tmp}/none.txt"], "cannot read queries file"),
-        (["pain"], "no default checkpoint is shipped yet"),
+        (["pain", "--ckpt", "{tmp}"], "is a folder without model.json"),
     ],
 )
 def test_query_command_errors_exit_2_with_one_line(

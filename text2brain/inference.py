@@ -45,9 +45,19 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 __all__ = ["DEFAULT_CHECKPOINT", "CheckpointError", "Predictor", "load_predictor"]
 
-#: The released default model, a file inside the installed package once one is shipped
-#: (e.g. ``Path(__file__).parent / "checkpoints" / "text2brain-minilm.ckpt"``); None until then.
-DEFAULT_CHECKPOINT: Path | None = None
+#: Name of the released default model: an export in the repository's checkpoints/ folder,
+#: installed with the package as ``text2brain.checkpoints`` (see checkpoints/README.md).
+DEFAULT_MODEL = "text2brain-minilm"
+
+
+def _default_checkpoint() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("text2brain.checkpoints") / DEFAULT_MODEL))
+
+
+#: The released default model that `load_predictor()` and `text2brain query` use.
+DEFAULT_CHECKPOINT: Path = _default_checkpoint()
 
 #: What every text2brain checkpoint holds (Lightning's keys plus text2brain's own section).
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "text2brain")
@@ -101,12 +111,8 @@ def load_predictor(
 
 def _checkpoint_path(checkpoint: str | os.PathLike | None) -> Path:
     if checkpoint is None:
-        if DEFAULT_CHECKPOINT is None:
-            raise FileNotFoundError(
-                "no default checkpoint is shipped yet; pass the path of a checkpoint written by "
-                "`text2brain fit`"
-            )
-        if not Path(DEFAULT_CHECKPOINT).is_file():
+        default = Path(DEFAULT_CHECKPOINT)
+        if not (default.is_file() or _is_export(default)):
             raise FileNotFoundError(
                 f"the default checkpoint {str(DEFAULT_CHECKPOINT)!r} is missing from this "
                 "installation; reinstall text2brain or pass the path of a checkpoint"
