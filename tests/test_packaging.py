@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
+import pytest
 from pathlib import Path
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,12 @@ Trains the default Text2Brain model (bundled MiniLM, bf16 autocast) for a few st
 NeuroQuery with the shared data module and reports, from `SimpleProfiler`, the mean time the
 loop waited for the next batch against the mean time of a whole training step; then times the
 bare model (forward, backward, optimizer step on one fixed batch, no Lightning, no loader) in
-the same process as the reference the whole step is compared with.
+the same process as the reference the whole step is compared with, and how that bare step
+splits into text encoder forward, decoder (and readout) forward with the loss, backward and
+optimizer step.
+
+`--model configs/model/text2brain-release.yaml` benches the released model's settings (frozen
+encoder) instead of the head's defaults.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.profilers import SimpleProfiler
 
 from text2brain.bench.machine import describe_machine, peak_rss_gb
@@ -47,6 +54,57 @@ def bare_step_seconds(model: Text2Brain, batch: dict, precision: str, steps: int
     return statistics.median(timings[2:])
 
 
+def step_breakdown(model: Text2Brain, batch: dict, precision: str, steps: int = 10) -> dict:
+    """Median seconds of each phase of a bare step: encoder, decoder + loss, backward, optimizer.
+
+    The encoder is timed by hooks around its forward, so the step runs the head's own loss.
+    """
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    dtype = torch.bfloat16 if precision.startswith("bf16") else None
+    encoder = model.net.text_encoder
+    marks: dict[str, float] = {}
+    hooks = [
+        encoder.register_forward_pre_hook(lambda *_: marks.update(enc0=time.perf_counter())),
+        encoder.register_forward_hook(lambda *_: marks.update(enc1=time.perf_counter())),
+    ]
+    phases: dict[str, list[float]] = {
+        "text encoder forward": [],
+        "decoder + readout forward, loss": [],
+        "backward": [],
+        "optimizer step": [],
+    }
+    try:
+        for _ in range(steps + 2):
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = model.training_loss(batch)["loss"]
+            forward = time.perf_counter()
+            loss.backward()
+            backward = time.perf_counter()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            encoder_time = marks["enc1"] - marks["enc0"]
+            phases["text encoder forward"].append(encoder_time)
+            phases["decoder + readout forward, loss"].append(forward - start - encoder_time)
+            phases["backward"].append(backward - forward)
+            phases["optimizer step"].append(time.perf_counter() - backward)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: statistics.median(times[2:]) for name, times in phases.items()}
+
+
+def model_from_config(path: str | None) -> Text2Brain:
+    """The Text2Brain head of a model config (class_path + init_args), or the defaults."""
+    if path is None:
+        return Text2Brain()
+    config = yaml.safe_load(Path(path).read_text())
+    if not str(config.get("class_path", "")).endswith("Text2Brain"):
+        raise SystemExit(f"{path}: bench data times the Text2Brain head; got {config!r:.80}")
+    return Text2Brain(**config.get("init_args", {}))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m text2brain.bench data", description=__doc__)
     parser.add_argument("--data-dir", default=None)
@@ -54,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--precision", default="bf16-mixed")
+    parser.add_argument("--model", default=None, help="model config YAML (a Text2Brain head)")
     args = parser.parse_args(argv)
 
     print(f"machine: {describe_machine()}")
@@ -73,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         enable_model_summary=False,
     )
     start = time.perf_counter()
-    model = Text2Brain()
+    model = model_from_config(args.model)
     trainer.fit(model, datamodule=data)
     wall = time.perf_counter() - start
     means = profiled_means(profiler)
@@ -90,6 +149,11 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"bare model step (same batch size, no Lightning, no loader): {bare * 1e3:.0f} ms; "
         f"whole training step / bare = {(step + wait) / bare:.2f}"
+    )
+    parts = step_breakdown(model, batch, args.precision)
+    print(
+        "bare step breakdown: "
+        + ", ".join(f"{name} {seconds * 1e3:.0f} ms" for name, seconds in parts.items())
     )
     samples_per_s = args.batch_size / (step + wait)
     print(f"throughput: {samples_per_s:.1f} samples/s; peak RSS {peak_rss_gb():.2f} GB")
