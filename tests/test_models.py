@@ -464,6 +464,29 @@ def test_text2brain_ridge_readout_is_fitted_and_saved(
         make_model("text2brain", tiny_bert, readout="ridge", readout_rank=0)
 
 
+def test_resumed_fit_keeps_the_fitted_readout(
+    tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = make_model("text2brain", tiny_bert, readout="ridge")
+    trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=datamodule)
+    trainer.save_checkpoint(tmp_path / "step1.ckpt")
+    fitted = model.readout_out.clone(), model.mean_map.clone()
+
+    def refit(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a resumed fit refitted the readout")
+
+    cls = type(model)
+    monkeypatch.setattr(cls, "fit_readout", refit)
+    monkeypatch.setattr(cls, "training_mean_map", refit)
+    resumed = make_model("text2brain", tiny_bert, readout="ridge")
+    trainer = make_trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(resumed, datamodule=datamodule, ckpt_path=tmp_path / "step1.ckpt")
+    assert trainer.global_step == 2
+    assert torch.equal(resumed.readout_out, fitted[0])
+    assert torch.equal(resumed.mean_map, fitted[1])
+
+
 def test_format_1_checkpoint_is_upgraded_on_load(
     tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path
 ) -> None:
