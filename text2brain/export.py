@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,11 +214,11 @@ def _to_json(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def _provenance(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
-    scores = {
-        name.split("monitor=")[-1].split(",")[0].strip("'\""): float(state["best_model_score"])
-        for name, state in ckpt.get("callbacks", {}).items()
-        if isinstance(state, dict) and state.get("best_model_score") is not None
-    }
+    scores = {}
+    for name, state in ckpt.get("callbacks", {}).items():  # "ModelCheckpoint{'monitor': ...}"
+        monitor = re.search(r"'monitor': '([^']+)'", str(name))
+        if monitor and isinstance(state, dict) and state.get("best_model_score") is not None:
+            scores[monitor.group(1)] = float(state["best_model_score"])
     return {
         "checkpoint": path.name,
         "epoch": ckpt.get("epoch"),
