@@ -129,3 +129,51 @@ def make_corpus(
 def write_mask(space: BrainSpace, path: Path) -> Path:
     space.mask_image().to_filename(path)
     return path
+
+
+def train_tiny_text2brain(folder: Path, encoder: Path, **overrides: object) -> Path:
+    """Two Lightning steps of a tiny Text2Brain on a generated corpus; the checkpoint's path.
+
+    What `text2brain fit` writes, for tests of loading and exporting (not an imitation).
+    `overrides` change the tiny config's init args.
+    """
+    import lightning as L
+    import pytest
+    from model_configs import tiny_init_args
+
+    from text2brain.corpus.jsonl import write_jsonl_corpus
+    from text2brain.data import TextMapDataModule
+    from text2brain.models.text2brain import Text2Brain
+    from text2brain.paths import CACHE_DIR_ENV
+
+    space = small_space()
+    corpus = write_jsonl_corpus(make_corpus(space), folder / "corpus.jsonl")
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped callers: no autouse cache yet
+        mp.setenv(CACHE_DIR_ENV, str(folder / "cache"))
+        data = TextMapDataModule(
+            corpus=str(corpus),
+            mask=str(write_mask(space, folder / "mask.nii.gz")),
+            split_file=str(folder / "split.json"),
+            n_test=8,
+            n_val=8,
+            keyword_max_df=0.05,
+            tokenizer=str(encoder),
+            batch_size=8,
+            num_workers=0,
+        )
+        L.seed_everything(0, verbose=False)
+        model = Text2Brain(**{**tiny_init_args("text2brain", encoder), **overrides})
+        trainer = L.Trainer(
+            max_steps=2,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            devices=1,
+        )
+        trainer.fit(model, datamodule=data)
+        path = folder / "tiny.ckpt"
+        trainer.save_checkpoint(path)
+    return path

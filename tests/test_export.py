@@ -12,17 +12,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from model_configs import tiny_init_args
-from synthetic import make_corpus, small_space, write_mask
+from synthetic import train_tiny_text2brain
 
 from text2brain.cli import main
 from text2brain.export import CONFIG_NAME, WEIGHTS_NAME, export_checkpoint
 from text2brain.inference import CheckpointError, load_predictor
-from text2brain.paths import CACHE_DIR_ENV
 
 TEXTS = ["working memory", "move the tongue", "pain", "fear of faces in the amygdala"]
 
@@ -36,44 +33,14 @@ def base_encoder(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> P
 @pytest.fixture(scope="module")
 def frozen_checkpoint(tmp_path_factory: pytest.TempPathFactory, base_encoder: Path) -> Path:
     """Two steps of a Text2Brain whose pretrained encoder is entirely frozen."""
-    from text2brain.corpus.jsonl import write_jsonl_corpus
-    from text2brain.data import TextMapDataModule
-    from text2brain.models.text2brain import Text2Brain
-
-    tmp = tmp_path_factory.mktemp("export")
-    space = small_space()
-    corpus = write_jsonl_corpus(make_corpus(space), tmp / "corpus.jsonl")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(CACHE_DIR_ENV, str(tmp / "cache"))
-        data = TextMapDataModule(
-            corpus=str(corpus),
-            mask=str(write_mask(space, tmp / "mask.nii.gz")),
-            split_file=str(tmp / "split.json"),
-            n_test=8,
-            n_val=8,
-            keyword_max_df=0.05,
-            tokenizer=str(base_encoder),
-            batch_size=8,
-            num_workers=0,
-        )
-        args = tiny_init_args("text2brain", base_encoder)
-        args.update(pretrained=True, freeze_embeddings=True, freeze_layers=2, readout="ridge")
-        L.seed_everything(0, verbose=False)
-        model = Text2Brain(**args)
-        trainer = L.Trainer(
-            max_steps=2,
-            limit_val_batches=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="cpu",
-            devices=1,
-        )
-        trainer.fit(model, datamodule=data)
-        path = tmp / "frozen.ckpt"
-        trainer.save_checkpoint(path)
-    return path
+    return train_tiny_text2brain(
+        tmp_path_factory.mktemp("export"),
+        base_encoder,
+        pretrained=True,
+        freeze_embeddings=True,
+        freeze_layers=2,
+        readout="ridge",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -16,19 +16,16 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from model_configs import tiny_init_args
-from synthetic import make_corpus, small_space, write_mask
+from synthetic import small_space, train_tiny_text2brain
 
 import text2brain
 from text2brain import inference
 from text2brain.cli import main
 from text2brain.inference import CheckpointError, Predictor, load_predictor
-from text2brain.paths import CACHE_DIR_ENV
 from text2brain.query import file_stems, slugify
 
 TEXTS = ["working memory", "move the tongue", "pain", "fear of faces in the amygdala"]
@@ -50,43 +47,7 @@ def _one_thread() -> Any:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
     """A 2-step Text2Brain run on the synthetic corpus, saved by `Trainer.save_checkpoint`."""
-    from text2brain.corpus.jsonl import write_jsonl_corpus
-    from text2brain.data import TextMapDataModule
-    from text2brain.models.text2brain import Text2Brain
-
-    tmp = tmp_path_factory.mktemp("inference")
-    space = small_space()
-    corpus = write_jsonl_corpus(make_corpus(space), tmp / "corpus.jsonl")
-    mask = write_mask(space, tmp / "mask.nii.gz")
-    with pytest.MonkeyPatch.context() as mp:  # module scope: the autouse cache fixture is later
-        mp.setenv(CACHE_DIR_ENV, str(tmp / "cache"))
-        data = TextMapDataModule(
-            corpus=str(corpus),
-            mask=str(mask),
-            split_file=str(tmp / "split.json"),
-            n_test=8,
-            n_val=8,
-            keyword_max_df=0.05,
-            tokenizer=str(tiny_bert),
-            batch_size=8,
-            num_workers=0,
-        )
-        L.seed_everything(0, verbose=False)
-        model = Text2Brain(**tiny_init_args("text2brain", tiny_bert))
-        trainer = L.Trainer(
-            max_steps=2,
-            limit_val_batches=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="cpu",
-            devices=1,
-        )
-        trainer.fit(model, datamodule=data)
-        path = tmp / "tiny.ckpt"
-        trainer.save_checkpoint(path)
-    return path
+    return train_tiny_text2brain(tmp_path_factory.mktemp("inference"), tiny_bert)
 
 
 @pytest.fixture(scope="module")
