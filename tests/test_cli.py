@@ -214,25 +214,64 @@ def test_no_or_unknown_subcommand_prints_usage(argv: list[str]) -> None:
     assert "fit" in str(exc.value.code)
 
 
-@pytest.mark.parametrize("trainer", [None, "csv.yaml"])
-def test_main_job_config_parses(
-    trainer: str | None, capsys: pytest.CaptureFixture[str], run_dir: Path
+@pytest.mark.parametrize("config", ["text2brain", "clip", "mnm", "release"])
+@pytest.mark.parametrize("csv", [False, True])
+def test_model_configs_parse_with_either_logger(
+    config: str, csv: bool, capsys: pytest.CaptureFixture[str], run_dir: Path
 ) -> None:
-    argv = ["fit", "-c", str(REPO / "configs" / "text2brain.yaml")]
-    if trainer:
-        argv += ["--trainer", str(REPO / "configs" / "trainer" / trainer)]
+    argv = ["fit", "-c", str(REPO / "configs" / f"{config}.yaml")]
+    if csv:
+        argv += ["-c", str(REPO / "configs" / "logger" / "csv.yaml")]
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--print_config"])
     assert exc.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"] == "text2brain.models.text2brain.Text2Brain"
     assert printed["model"]["init_args"]["encoder"] == printed["data"]["tokenizer"]
     assert printed["data"]["corpus"] == "neuroquery"
     logger = printed["trainer"]["logger"]
     logger = logger[0] if isinstance(logger, list) else logger
-    expected = "CSVLogger" if trainer else "WandbLogger"
+    expected = "CSVLogger" if csv else "WandbLogger"
     assert logger["class_path"].endswith(expected)
+    # What trainer/default.yaml sets survives the config's own trainer.* keys.
+    assert printed["trainer"]["precision"] == "bf16-mixed"
+    assert printed["trainer"]["gradient_clip_val"] == 1.0
+    # The CSV overlay changes the logger only: the config's checkpoint folder stays.
+    folders = {
+        c["init_args"]["dirpath"]
+        for c in printed["trainer"]["callbacks"]
+        if c["class_path"].endswith("ModelCheckpoint")
+    }
+    assert folders == {f"checkpoints/{config}"}
     assert not list(run_dir.iterdir())  # parsing alone writes nothing
+
+
+def test_config_includes_merge_with_dotted_keys(tmp_path: Path) -> None:
+    """`trainer: part.yaml` plus `trainer.max_epochs: 3` in one file: the part, overridden."""
+    from text2brain.training import expand_config_includes
+
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "trainer.yaml").write_text("precision: bf16-mixed\nmax_epochs: 20\n")
+    (tmp_path / "parts" / "model.yaml").write_text("class_path: X\n")
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "trainer: parts/trainer.yaml\nmodel: parts/model.yaml\ntrainer.max_epochs: 3\n"
+        "trainer.logger.init_args.name: run\n"
+    )
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("trainer: parts/trainer.yaml\n")
+    argv = ["fit", "-c", str(config), "--config", str(plain), f"--config={config}", "--x", "1"]
+    expanded = expand_config_includes(argv)
+    assert expanded[:2] == ["fit", "-c"] and expanded[3:5] == ["--config", str(plain)]
+    assert expanded[6:] == ["--x", "1"] and expanded[5].startswith("--config=")
+    for merged in (yaml.safe_load(expanded[2]), yaml.safe_load(expanded[5].split("=", 1)[1])):
+        assert merged == {
+            "trainer": {
+                "precision": "bf16-mixed",
+                "max_epochs": 3,
+                "logger": {"init_args": {"name": "run"}},
+            },
+            "model": str((tmp_path / "parts" / "model.yaml").resolve()),
+        }
 
 
 def test_tokenizer_must_match_the_encoder(job: Job, run_dir: Path, cli) -> None:
@@ -438,12 +477,11 @@ def test_shipped_trainer_configs_save_last_mid_epoch(job: Job, run_dir: Path, cl
     after a crash in the first epoch needs the separate unmonitored one the configs carry.
     """
     repo = Path(__file__).resolve().parents[1]
-    for name in ("default.yaml", "csv.yaml"):
-        shipped = yaml.safe_load((repo / "configs" / "trainer" / name).read_text())["callbacks"]
-        checkpoints = [c for c in shipped if c["class_path"].endswith("ModelCheckpoint")]
-        assert any(c["init_args"].get("monitor") == "val/dice_auc" for c in checkpoints)
-        last = [c for c in checkpoints if c["init_args"].get("save_last")]
-        assert len(last) == 1 and "monitor" not in last[0]["init_args"], name
+    shipped = yaml.safe_load((repo / "configs" / "trainer" / "default.yaml").read_text())
+    checkpoints = [c for c in shipped["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    assert any(c["init_args"].get("monitor") == "val/dice_auc" for c in checkpoints)
+    last = [c for c in checkpoints if c["init_args"].get("save_last")]
+    assert len(last) == 1 and "monitor" not in last[0]["init_args"]
     for callback in checkpoints:  # the same callbacks, saving last every step, in ./ckpts
         callback["init_args"].update(dirpath="ckpts")
         if callback["init_args"].get("save_last"):

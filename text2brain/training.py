@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import lightning as L
+import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from text2brain.data import TextMapDataModule
@@ -82,8 +84,68 @@ def continue_wandb_run(config: Any) -> None:
         init_args["resume"] = "allow"
 
 
+CONFIG_FLAGS = ("-c", "--config")
+
+
+def expand_config_includes(argv: list[str]) -> list[str]:
+    """Config files that include a group's file and override some of its keys, merged here.
+
+    A config such as `trainer: trainer/default.yaml` followed by `trainer.max_epochs: 3` in the
+    same file means "that file, with max_epochs 3"; jsonargparse (4.53) instead drops the
+    included file whenever the file also has dotted keys of that group, so the run silently
+    loses e.g. the trainer's precision, gradient clipping and logger. Such files are merged
+    here, the included file first and the dotted keys over it, and handed to LightningCLI as a
+    YAML string (jsonargparse takes one in place of a path); other files pass unchanged. The
+    run's saved config.yaml records the merged result.
+    """
+    expanded = list(argv)
+    for i, arg in enumerate(argv):
+        if arg in CONFIG_FLAGS and i + 1 < len(argv):
+            index, path = i + 1, argv[i + 1]
+        elif arg.startswith("--config="):
+            index, path = i, arg.split("=", 1)[1]
+        else:
+            continue
+        merged = _merged_config(Path(path))
+        if merged is not None:
+            text = yaml.safe_dump(merged, sort_keys=False)
+            expanded[index] = f"--config={text}" if index == i else text
+    return expanded
+
+
+def _merged_config(path: Path) -> dict[str, Any] | None:
+    """The file with its group includes merged with its dotted keys; None if it has none."""
+    if not path.is_file():
+        return None  # a YAML string, or a missing file that jsonargparse reports
+    config = yaml.safe_load(path.read_text())
+    if not isinstance(config, dict):
+        return None
+    dotted = {k: v for k, v in config.items() if isinstance(k, str) and "." in k}
+    groups = {k.split(".", 1)[0] for k in dotted}
+    if not any(isinstance(config.get(g), str) for g in groups):
+        return None
+    merged: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in dotted:
+            continue
+        if isinstance(value, str) and (path.parent / value).is_file():
+            if key in groups:
+                value = yaml.safe_load((path.parent / value).read_text()) or {}
+            else:  # an include of its own: absolute, as the merged config has no folder
+                value = str((path.parent / value).resolve())
+        merged[key] = value
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = merged
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return merged
+
+
 def run_lightning_cli(argv: list[str]) -> Text2BrainCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = expand_config_includes(argv)
     # The command line goes through sys.argv (LightningCLI reads it when `args` is None), not
     # through `args`: Lightning's DDP launcher starts the other ranks by re-running
     # `sys.executable <script or -m module> sys.argv[1:]`, so sys.argv must hold this command
