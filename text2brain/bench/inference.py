@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m text2brain.bench inference", description=__doc__
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by text2brain fit")
+    parser.add_argument(
+        "--ckpt",
+        default=None,
+        help="checkpoint or export folder (default: the released model)",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--batch-size", type=int, default=64)
@@ -70,12 +74,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"peak RSS: {peak_rss_gb():.2f} GB")
 
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "text2brain", "query", QUERIES[0], "--ckpt", args.ckpt]
-        start = time.perf_counter()
-        subprocess.run([*command, "-o", out], check=True, capture_output=True)
-        print(
-            f"cold `text2brain query` (new process, one map): {time.perf_counter() - start:.2f} s"
-        )
+        command = [sys.executable, "-m", "text2brain", "query", QUERIES[0], "-o", out]
+        if args.ckpt is not None:
+            command += ["--ckpt", args.ckpt]
+        for png in (False, True):
+            start = time.perf_counter()
+            subprocess.run(command + ["--png"] * png, check=True, capture_output=True)
+            print(
+                f"cold `text2brain query` (new process, one map{' and its PNG' * png}): "
+                f"{time.perf_counter() - start:.2f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -164,7 +164,13 @@ class Text2Brain(BrainMapModule):
             ]
         )
         encoder.train(was_training)
-        targets = self.normalise_target(torch.from_numpy(np.asarray(maps[rows], np.float32)))
+        # `maps` is already an in-memory copy (1.2 GB on NeuroQuery): normalised in place, block
+        # by block, rather than copied again.
+        targets = torch.from_numpy(np.asarray(maps, np.float32))
+        if len(rows) < len(titles):
+            targets = targets[rows]
+        for block in targets.split(1024):
+            block.copy_(self.normalise_target(block))
         if self.hparams.residual:
             targets -= self.mean_map.cpu()
         fit = fit_ridge_readout(embeddings, targets, rank=self.readout_in.shape[1])
