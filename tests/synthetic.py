@@ -8,6 +8,7 @@ the topic word to the topic region.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -131,6 +132,42 @@ def write_mask(space: BrainSpace, path: Path) -> Path:
     return path
 
 
+def write_corpus_files(folder: Path, n_articles: int = 80) -> dict[str, str]:
+    """A generated JSONL corpus and its mask in `folder`, with where its split file goes.
+
+    The keys are TextMapDataModule's `corpus`, `mask` and `split_file` arguments.
+    """
+    from text2brain.corpus.jsonl import write_jsonl_corpus
+
+    space = small_space()
+    corpus = make_corpus(space, n_articles=n_articles)
+    return {
+        "corpus": str(write_jsonl_corpus(corpus, folder / "synthetic.jsonl")),
+        "mask": str(write_mask(space, folder / "mask.nii.gz")),
+        "split_file": str(folder / "split.json"),
+    }
+
+
+def quiet_trainer(root: Path | None = None, **options: Any) -> Any:
+    """A CPU `lightning.Trainer` without logger, checkpoints, progress bar or model summary.
+
+    `options` add to or override those settings; `root` is the default_root_dir.
+    """
+    import lightning as L
+
+    settings: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    if root is not None:
+        settings["default_root_dir"] = root
+    return L.Trainer(**{**settings, **options})
+
+
 def train_tiny_text2brain(folder: Path, encoder: Path, **overrides: object) -> Path:
     """Two Lightning steps of a tiny Text2Brain on a generated corpus; the checkpoint's path.
 
@@ -141,19 +178,14 @@ def train_tiny_text2brain(folder: Path, encoder: Path, **overrides: object) -> P
     import pytest
     from model_configs import tiny_init_args
 
-    from text2brain.corpus.jsonl import write_jsonl_corpus
     from text2brain.data import TextMapDataModule
     from text2brain.models.text2brain import Text2Brain
     from text2brain.paths import CACHE_DIR_ENV
 
-    space = small_space()
-    corpus = write_jsonl_corpus(make_corpus(space), folder / "corpus.jsonl")
     with pytest.MonkeyPatch.context() as mp:  # module-scoped callers: no autouse cache yet
         mp.setenv(CACHE_DIR_ENV, str(folder / "cache"))
         data = TextMapDataModule(
-            corpus=str(corpus),
-            mask=str(write_mask(space, folder / "mask.nii.gz")),
-            split_file=str(folder / "split.json"),
+            **write_corpus_files(folder),
             n_test=8,
             n_val=8,
             keyword_max_df=0.05,
@@ -163,16 +195,7 @@ def train_tiny_text2brain(folder: Path, encoder: Path, **overrides: object) -> P
         )
         L.seed_everything(0, verbose=False)
         model = Text2Brain(**{**tiny_init_args("text2brain", encoder), **overrides})
-        trainer = L.Trainer(
-            max_steps=2,
-            limit_val_batches=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="cpu",
-            devices=1,
-        )
+        trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
         trainer.fit(model, datamodule=data)
         path = folder / "tiny.ckpt"
         trainer.save_checkpoint(path)

@@ -22,11 +22,16 @@ import scipy.stats
 import torch
 import yaml
 from model_configs import TINY_SYNONYMS, TINY_TERMS, tiny_init_args
-from synthetic import TOPICS, make_corpus, small_space, topic_centres, write_mask
+from synthetic import (
+    TOPICS,
+    quiet_trainer,
+    small_space,
+    topic_centres,
+    write_corpus_files,
+)
 
 from text2brain.brain import BrainSpace
 from text2brain.cli import main
-from text2brain.corpus.jsonl import write_jsonl_corpus
 from text2brain.data import TextMapDataModule
 from text2brain.inference import load_predictor
 from text2brain.models import model_class
@@ -293,13 +298,8 @@ def space() -> BrainSpace:
 
 
 @pytest.fixture(scope="module")
-def data_files(space: BrainSpace, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("baseline-data")
-    return {
-        "corpus": str(write_jsonl_corpus(make_corpus(space), folder / "synthetic.jsonl")),
-        "mask": str(write_mask(space, folder / "mask.nii.gz")),
-        "split_file": str(folder / "split.json"),
-    }
+def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return write_corpus_files(tmp_path_factory.mktemp("baseline-data"))
 
 
 def make_datamodule(files: dict[str, str]) -> TextMapDataModule:
@@ -309,17 +309,7 @@ def make_datamodule(files: dict[str, str]) -> TextMapDataModule:
 
 
 def trainer(root: Path, **kwargs: Any) -> L.Trainer:
-    options = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "max_epochs": 1,
-        **kwargs,
-    }
-    return L.Trainer(**options)
+    return quiet_trainer(**{"max_epochs": 1, **kwargs})
 
 
 def fitted(name: str, files: dict[str, str], root: Path, **overrides: Any) -> ClosedFormModule:

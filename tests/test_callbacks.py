@@ -22,10 +22,9 @@ import yaml
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from model_configs import tiny_init_args
 from PIL import Image
-from synthetic import make_corpus, small_space, write_mask
+from synthetic import small_space, write_corpus_files
 
 from text2brain.callbacks import MapFigureLogger, shorten
-from text2brain.corpus.jsonl import write_jsonl_corpus
 from text2brain.data import TextMapDataModule
 from text2brain.models.text2brain import Text2Brain
 from text2brain.paths import CACHE_DIR_ENV
@@ -40,13 +39,7 @@ MAP_FILES = {"map_0.png", "map_1.png", "dice_curve.png"}
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A synthetic JSONL corpus, its mask and a split file (written by the first data module)."""
-    folder = tmp_path_factory.mktemp("callback-data")
-    space = small_space()
-    return {
-        "corpus": str(write_jsonl_corpus(make_corpus(space), folder / "synthetic.jsonl")),
-        "mask": str(write_mask(space, folder / "mask.nii.gz")),
-        "split_file": str(folder / "split.json"),
-    }
+    return write_corpus_files(tmp_path_factory.mktemp("callback-data"))
 
 
 def data_args(data_files: dict[str, str], tiny_bert: Path) -> dict[str, Any]:

@@ -22,12 +22,11 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from model_configs import tiny_init_args
-from synthetic import make_corpus, small_space, write_mask
+from synthetic import quiet_trainer, small_space, write_corpus_files
 
 from text2brain import lorentz
 from text2brain.brain import render_article_maps, render_table_maps
 from text2brain.cli import main
-from text2brain.corpus.jsonl import write_jsonl_corpus
 from text2brain.data import TextMapDataModule
 from text2brain.inference import Predictor, load_predictor
 from text2brain.models import MODELS, model_class
@@ -60,13 +59,7 @@ def _one_thread() -> Any:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("contrastive-data")
-    space = small_space()
-    return {
-        "corpus": str(write_jsonl_corpus(make_corpus(space), folder / "synthetic.jsonl")),
-        "mask": str(write_mask(space, folder / "mask.nii.gz")),
-        "split_file": str(folder / "split.json"),
-        "cache": str(folder / "cache"),
-    }
+    return {**write_corpus_files(folder), "cache": str(folder / "cache")}
 
 
 def datamodule(files: dict[str, str], tiny_bert: Path, **kwargs: Any) -> TextMapDataModule:
@@ -86,17 +79,7 @@ def datamodule(files: dict[str, str], tiny_bert: Path, **kwargs: Any) -> TextMap
 
 
 def trainer(root: Path, **kwargs: Any) -> L.Trainer:
-    options: dict[str, Any] = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "default_root_dir": root,
-    }
-    return L.Trainer(**{**options, **kwargs})
+    return quiet_trainer(root, **{"num_sanity_val_steps": 0, **kwargs})
 
 
 class Logged(L.Callback):

@@ -17,10 +17,15 @@ import numpy as np
 import pytest
 import torch
 from model_configs import missing_configs, tiny_init_args
-from synthetic import ellipsoid_space, make_corpus, small_space, write_mask
+from synthetic import (
+    ellipsoid_space,
+    quiet_trainer,
+    small_space,
+    write_corpus_files,
+    write_mask,
+)
 
 from text2brain.brain import BrainSpace
-from text2brain.corpus.jsonl import write_jsonl_corpus
 from text2brain.data import TextMapDataModule
 from text2brain.models import MODELS, model_class
 from text2brain.models.base import CHECKPOINT_FORMAT, BrainMapModule, lr_factor
@@ -44,14 +49,8 @@ def space() -> BrainSpace:
 
 
 @pytest.fixture(scope="module")
-def data_files(space: BrainSpace, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("model-data")
-    corpus = make_corpus(space, n_articles=80)
-    return {
-        "corpus": str(write_jsonl_corpus(corpus, folder / "synthetic.jsonl")),
-        "mask": str(write_mask(space, folder / "mask.nii.gz")),
-        "split_file": str(folder / "split.json"),
-    }
+def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return write_corpus_files(tmp_path_factory.mktemp("model-data"))
 
 
 def make_datamodule(files: dict[str, str], tokenizer: Path, **kwargs: Any) -> TextMapDataModule:
@@ -90,18 +89,7 @@ def needs_gradient(model_name: str) -> None:
 
 
 def make_trainer(root: Path, **kwargs: Any) -> L.Trainer:
-    options: dict[str, Any] = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "default_root_dir": root,
-    }
-    options.update(kwargs)
-    return L.Trainer(**options)
+    return quiet_trainer(root, **{"num_sanity_val_steps": 0, **kwargs})
 
 
 class RecordSteps(L.Callback):
