@@ -111,7 +111,7 @@ def export_checkpoint(
         raise FileExistsError(f"{str(out)!r} already holds an export; pass overwrite=True")
     ckpt = _read_checkpoint(path)
     cls = _registered_class(path, ckpt["text2brain"].get("class_path"))
-    state = {k: v for k, v in ckpt["state_dict"].items()}
+    state = ckpt["state_dict"]
 
     base_keys: list[str] = []
     if not keep_base_encoder:
@@ -136,7 +136,7 @@ def export_checkpoint(
         if kept:
             kept_float32.append(key)
     section = _to_json(ckpt["text2brain"], _SECTION, tensors)
-    hyper_parameters = {k: v for k, v in ckpt["hyper_parameters"].items()}
+    hyper_parameters = ckpt["hyper_parameters"]
     try:
         json.dumps(hyper_parameters)
     except TypeError as err:

@@ -37,25 +37,9 @@ def profiled_means(profiler: SimpleProfiler) -> dict[str, float]:
     }
 
 
-def bare_step_seconds(model: Text2Brain, batch: dict, precision: str, steps: int = 10) -> float:
-    """Median time of forward + backward + AdamW step on one batch, without Lightning."""
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    dtype = torch.bfloat16 if precision.startswith("bf16") else None
-    timings = []
-    for _ in range(steps + 2):
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = model.training_loss(batch)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings[2:])
-
-
-def step_breakdown(model: Text2Brain, batch: dict, precision: str, steps: int = 10) -> dict:
-    """Median seconds of each phase of a bare step: encoder, decoder + loss, backward, optimizer.
+def bare_step(model: Text2Brain, batch: dict, precision: str, steps: int = 10) -> dict:
+    """Median seconds of forward + backward + AdamW on one batch, without Lightning ("total"),
+    and of its phases: encoder forward, decoder + loss, backward, optimizer step.
 
     The encoder is timed by hooks around its forward, so the step runs the head's own loss.
     """
@@ -73,6 +57,7 @@ def step_breakdown(model: Text2Brain, batch: dict, precision: str, steps: int = 
         "decoder + readout forward, loss": [],
         "backward": [],
         "optimizer step": [],
+        "total": [],
     }
     try:
         for _ in range(steps + 2):
@@ -84,11 +69,13 @@ def step_breakdown(model: Text2Brain, batch: dict, precision: str, steps: int = 
             backward = time.perf_counter()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            end = time.perf_counter()
             encoder_time = marks["enc1"] - marks["enc0"]
             phases["text encoder forward"].append(encoder_time)
             phases["decoder + readout forward, loss"].append(forward - start - encoder_time)
             phases["backward"].append(backward - forward)
-            phases["optimizer step"].append(time.perf_counter() - backward)
+            phases["optimizer step"].append(end - backward)
+            phases["total"].append(end - start)
     finally:
         for hook in hooks:
             hook.remove()
@@ -145,12 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"mean training step (forward+backward+optimizer): {step * 1e3:.0f} ms")
     print(f"mean wait for the next batch: {wait * 1e3:.1f} ms = {wait / step:.1%} of a step")
     batch = next(iter(data.train_dataloader()))
-    bare = bare_step_seconds(model.cpu(), batch, args.precision)
+    parts = bare_step(model.cpu(), batch, args.precision)
+    bare = parts.pop("total")
     print(
         f"bare model step (same batch size, no Lightning, no loader): {bare * 1e3:.0f} ms; "
         f"whole training step / bare = {(step + wait) / bare:.2f}"
     )
-    parts = step_breakdown(model, batch, args.precision)
     print(
         "bare step breakdown: "
         + ", ".join(f"{name} {seconds * 1e3:.0f} ms" for name, seconds in parts.items())
