@@ -376,6 +376,24 @@ class TextMapDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test")
 
+    def cacheable_texts(self) -> list[str]:
+        """Sorted distinct texts of every pair the loaders can give, but discussion subsets.
+
+        The training sampler's titles, keywords, abstracts and caption sentences, and the
+        evaluation titles of the validation and test splits: what a frozen text encoder's
+        embedding cache holds (text2brain.models.embedding_cache).
+        """
+        self.setup()
+        articles = self.corpus.articles
+        texts = {
+            text
+            for i in self.indices["train"]
+            for text in self.sampler.enumerable_texts(articles[i], self.peaks.tables[i])
+        }
+        for stage in ("val", "test"):
+            texts.update(self.sampler.evaluation(articles[i]).text for i in self.indices[stage])
+        return sorted(texts)
+
     # -- whole-corpus maps --------------------------------------------------------------------
     def article_maps(self, stage: str) -> tuple[list[str], np.ndarray]:
         """(ids, article-average maps) of a split, from the memory-mapped corpus cache."""

@@ -100,6 +100,23 @@ class TextSampler:
         source = sources[rng.choice(len(sources), p=weights / weights.sum())]
         return Pair(self._article_text(article, source, rng), source)
 
+    def enumerable_texts(self, article: Article, table_ids: Sequence[str]) -> list[str]:
+        """Every text `sample` can return for this article, except discussion subsets.
+
+        Why: a frozen encoder's vectors of these texts can be computed once (an embedding
+        cache); random subsets of discussion sentences are too many to list and are encoded
+        when drawn.
+        """
+        texts = [text for _, text, _ in self._table_texts(article, table_ids)]
+        sources = self.sources_of(article)
+        if "title" in sources:
+            texts.append(article.title)
+        if "keyword" in sources:
+            texts.extend(article.keywords)
+        if "abstract" in sources:
+            texts.append(article.abstract)
+        return texts
+
     @staticmethod
     def evaluation(article: Article) -> Pair:
         """The fixed evaluation pair: title -> article-average map."""

@@ -27,7 +27,6 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from text2brain.brain import BrainSpace
-from text2brain.models.base import BrainMapModule
 from text2brain.models.contrastive.losses import LORENTZ_LOGITS
 from text2brain.models.contrastive.retrieval import (
     RECALL_KS,
@@ -46,14 +45,15 @@ from text2brain.models.contrastive.torch_model import (
     Geometry,
     LorentzGeometry,
 )
-from text2brain.models.encoders import DEFAULT_ENCODER, TextEncoder, tokenize
+from text2brain.models.encoders import DEFAULT_ENCODER, TextEncoder
+from text2brain.models.text_head import TextEncoderHead
 from text2brain.text import check_texts
 
 #: Maps per forward pass when the bank's embeddings are computed.
 BANK_CHUNK = 256
 
 
-class ContrastiveHead(BrainMapModule):
+class ContrastiveHead(TextEncoderHead):
     """What CLIP and MNM share: encoders, retrieval bank, maps by retrieval, recall metrics.
 
     Subclasses give the geometry (`make_geometry`) and may add loss terms (`extra_losses`).
@@ -119,16 +119,9 @@ class ContrastiveHead(BrainMapModule):
         )
 
     # -- embeddings ---------------------------------------------------------------------------
-    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        encoder = self.net.text_encoder
-        tokens = tokenize(
-            encoder.tokenizer, texts, min(self.hparams.max_length, encoder.max_length)
-        )
-        return {k: v.to(self.device) for k, v in tokens.items()}
-
     def embed_text(self, batch: dict[str, Any]) -> Tensor:
         """Points of the batch's texts (its `tokens`, else its `text` tokenised here)."""
-        return self.net.embed_text(batch.get("tokens") or self.tokenize(batch["text"]))
+        return self.net.embed_text_features(self.text_features(batch))
 
     # -- training -----------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -340,8 +333,9 @@ class CLIP(ContrastiveHead):
     The Euclidean ablation of `MNM`: same encoders, data, retrieval and metrics.
 
     Args:
-        encoder, pooling, freeze_embeddings, freeze_layers, pretrained, max_length: the text
-            encoder, as for Text2Brain (default: the bundled MiniLM, mean pooling).
+        encoder, pooling, freeze_embeddings, freeze_layers, pretrained, max_length,
+            embedding_cache: the text encoder, as for Text2Brain (default: the bundled
+            MiniLM, mean pooling, trained).
         embed_dim: size of both modalities' embeddings.
         temperature: initial contrastive temperature (learned; logit scale capped at 100).
         brain_channels, brain_norm, brain_activation, brain_crop, brain_offset,
@@ -363,6 +357,7 @@ class CLIP(ContrastiveHead):
         freeze_layers: int = 0,
         pretrained: bool = True,
         max_length: int = 128,
+        embedding_cache: bool = True,
         embed_dim: int = 256,
         temperature: float = 0.07,
         brain_channels: list[int] | None = None,
@@ -436,6 +431,7 @@ class MNM(ContrastiveHead):
         freeze_layers: int = 0,
         pretrained: bool = True,
         max_length: int = 128,
+        embedding_cache: bool = True,
         embed_dim: int = 256,
         temperature: float = 0.07,
         brain_channels: list[int] | None = None,

@@ -224,9 +224,9 @@ class ContrastiveNet(nn.Module):
         self.grid_shape = tuple(grid_shape)
         self.register_buffer("mask_index", mask_index.clone(), persistent=False)
 
-    def embed_text(self, tokens: dict[str, Tensor]) -> Tensor:
-        """Points (n, embed_dim) of tokenised texts."""
-        return self.geometry.embed(self.text_projection(self.text_encoder(**tokens)), "text")
+    def embed_text_features(self, features: Tensor) -> Tensor:
+        """Points (n, embed_dim) of the text encoder's pooled vectors (n, text_encoder.dim)."""
+        return self.geometry.embed(self.text_projection(features), "text")
 
     def embed_maps(self, maps: Tensor) -> Tensor:
         """Points (n, embed_dim) of masked maps (n, n_voxels), each scaled by its max |value|."""

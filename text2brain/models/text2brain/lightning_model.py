@@ -11,16 +11,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from text2brain.brain import BrainSpace
-from text2brain.models.base import BrainMapModule
-from text2brain.models.encoders import DEFAULT_ENCODER, TextEncoder, tokenize
+from text2brain.models.encoders import DEFAULT_ENCODER, TextEncoder
 from text2brain.models.text2brain.readout import fit_ridge_readout
 from text2brain.models.text2brain.torch_model import Text2BrainNet
+from text2brain.models.text_head import TextEncoderHead
 
 TARGET_NORMALISATIONS = ("none", "max")
 READOUTS = ("none", "ridge")
 
 
-class Text2Brain(BrainMapModule):
+class Text2Brain(TextEncoderHead):
     """Text2Brain: transformer text encoder + transposed-3D-CNN decoder, trained with MSE.
 
     The loss covers mask voxels only (the original code's loss did not, while its metric did).
@@ -34,6 +34,9 @@ class Text2Brain(BrainMapModule):
         freeze_embeddings, freeze_layers: freeze the embeddings / the lowest N layers.
         pretrained: False builds the encoder with random weights (tests, ablations).
         max_length: token limit when the head tokenises raw text itself.
+        embedding_cache: with a frozen encoder, embed every text the data can give once at
+            fit start and read the vectors from the cache folder afterwards
+            (text2brain.models.text_head); no effect on a trained encoder.
         target_normalisation: "none", or "max" to divide each target by its maximum (the
             released Text2Brain code did); predictions are then on that scale.
         residual: predict the offset from the training split's mean map (kept in the
@@ -63,6 +66,7 @@ class Text2Brain(BrainMapModule):
         freeze_layers: int = 0,
         pretrained: bool = True,
         max_length: int = 128,
+        embedding_cache: bool = True,
         target_normalisation: str = "none",
         residual: bool = True,
         readout: str = "none",
@@ -132,6 +136,7 @@ class Text2Brain(BrainMapModule):
         keeps the fitted buffers of its checkpoint instead of refitting them (about a minute
         on NeuroQuery on a CPU).
         """
+        super().on_fit_start()
         if self.trainer.ckpt_path is not None:
             return
         if self.hparams.residual:
@@ -152,18 +157,7 @@ class Text2Brain(BrainMapModule):
                 "title are not used",
                 stacklevel=2,
             )
-        encoder = self.net.text_encoder
-        was_training = encoder.training
-        encoder.eval()
-        embeddings = torch.cat(
-            [
-                encoder(**self.tokenize([titles[i] for i in rows[start : start + batch_size]]))
-                .float()
-                .cpu()
-                for start in range(0, len(rows), batch_size)
-            ]
-        )
-        encoder.train(was_training)
+        embeddings = self.encode_texts([titles[i] for i in rows], batch_size).cpu()
         # `maps` is already an in-memory copy (1.2 GB on NeuroQuery): normalised in place, block
         # by block, rather than copied again.
         targets = torch.from_numpy(np.asarray(maps, np.float32))
@@ -183,21 +177,13 @@ class Text2Brain(BrainMapModule):
         )
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
-        tokens = batch.get("tokens") or self.tokenize(batch["text"])
-        embedding = self.net.text_encoder(**tokens)
+        embedding = self.text_features(batch)
         maps = self.to_masked(self.net.decoder(embedding)).float()
         if self.hparams.readout == "ridge":
             maps = (
                 maps + (embedding.float() @ self.readout_in) @ self.readout_out + self.readout_bias
             )
         return maps + self.mean_map if self.hparams.residual else maps
-
-    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        encoder = self.net.text_encoder
-        tokens = tokenize(
-            encoder.tokenizer, texts, min(self.hparams.max_length, encoder.max_length)
-        )
-        return {k: v.to(self.device) for k, v in tokens.items()}
 
     @torch.inference_mode()
     def predict_texts(self, texts: list[str]) -> Tensor:

@@ -1,0 +1,200 @@
+"""The frozen-encoder embedding cache: the file, its key, and the heads that read it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from model_configs import tiny_init_args
+from synthetic import quiet_trainer, write_corpus_files
+
+from text2brain.data import TextMapDataModule
+from text2brain.models import embedding_cache, model_class
+from text2brain.models.embedding_cache import (
+    MAX_BATCH,
+    TOKENS_PER_BATCH,
+    EmbeddingCache,
+    length_batches,
+    open_or_build,
+)
+from text2brain.paths import cache_dir
+
+#: Freezes the whole tiny encoder (2 layers) of tests/conftest.py's `tiny_bert`.
+FROZEN = {"freeze_embeddings": True, "freeze_layers": 2}
+
+
+# -- the file ----------------------------------------------------------------------------------
+def test_length_batches_cover_every_text_once_within_the_budget() -> None:
+    lengths = np.random.default_rng(0).integers(1, 130, size=3000)
+    batches = length_batches(lengths)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= MAX_BATCH
+        assert len(batch) == 1 or lengths[batch].max() * len(batch) <= TOKENS_PER_BATCH
+    # sorted: short texts first, so a batch pads to nearly its own length
+    assert [lengths[b].max() for b in batches] == sorted(lengths[b].max() for b in batches)
+
+
+def fake_encoder(calls: list[list[str]]) -> Any:
+    def encode(texts: list[str]) -> torch.Tensor:
+        calls.append(list(texts))
+        return torch.tensor([[len(t), ord(t[0])] for t in texts], dtype=torch.float32)
+
+    return encode
+
+
+def build(folder: Path, key: str, texts: list[str], calls: list, **kwargs: Any) -> Any:
+    return open_or_build(
+        folder,
+        key,
+        texts,
+        2,
+        fake_encoder(calls),
+        lambda chunk: [len(t) for t in chunk],
+        {"what": "test"},
+        progress=False,
+        **kwargs,
+    )
+
+
+def test_built_once_then_opened_memory_mapped(tmp_path: Path) -> None:
+    texts = ["bb", "a", "cccc", "ddd"]
+    calls: list[list[str]] = []
+    cache = build(tmp_path, "k1", texts, calls)
+    assert sum(len(c) for c in calls) == 4
+    assert isinstance(cache.vectors, np.memmap)
+    again = build(tmp_path, "k1", texts, calls)
+    assert sum(len(c) for c in calls) == 4  # nothing encoded the second time
+    vectors, missing = again.lookup(["cccc", "zz", "a"])
+    assert missing == [1]
+    assert vectors.tolist() == [[4.0, ord("c")], [0.0, 0.0], [1.0, ord("a")]]
+    assert build(tmp_path, "k2", texts, calls, build=False) is None  # another key: no file
+
+
+def test_an_interrupted_build_leaves_no_file(tmp_path: Path) -> None:
+    def failing(texts: list[str]) -> torch.Tensor:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        open_or_build(
+            tmp_path, "k", ["a", "b"], 2, failing, lambda t: [1] * len(t), {}, progress=False
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_of_the_wrong_shape_is_rebuilt(tmp_path: Path) -> None:
+    np.save(tmp_path / "k.npy", np.zeros((3, 2), np.float32))
+    calls: list[list[str]] = []
+    cache = build(tmp_path, "k", ["a", "b"], calls)
+    assert len(cache) == 2 and calls
+
+
+def test_lookup_checks_sizes() -> None:
+    with pytest.raises(ValueError, match="2 texts but 1 vectors"):
+        EmbeddingCache(["a", "b"], np.zeros((1, 4), np.float32))
+
+
+# -- the heads ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return write_corpus_files(tmp_path_factory.mktemp("cache-data"))
+
+
+def make_data(files: dict[str, str], tiny_bert: Path) -> TextMapDataModule:
+    return TextMapDataModule(
+        **files,
+        n_test=8,
+        n_val=8,
+        keyword_max_df=0.05,
+        tokenizer=str(tiny_bert),
+        batch_size=8,
+        num_workers=0,
+    )
+
+
+def fit(name: str, files: dict[str, str], tiny_bert: Path, **overrides: Any) -> Any:
+    """A head fitted for 2 steps; its random tiny encoder is the same in every call."""
+    torch.manual_seed(0)
+    model = model_class(name)(**{**tiny_init_args(name, tiny_bert), **overrides})
+    data = make_data(files, tiny_bert)
+    quiet_trainer(max_steps=2, limit_val_batches=1, num_sanity_val_steps=0).fit(
+        model, datamodule=data
+    )
+    return model, data
+
+
+def test_cacheable_texts_are_every_enumerable_pair_text(
+    data_files: dict[str, str], tiny_bert: Path
+) -> None:
+    data = make_data(data_files, tiny_bert)
+    texts = data.cacheable_texts()
+    assert texts == sorted(set(texts))
+    articles = data.corpus.articles
+    for i in data.indices["train"]:
+        article = articles[i]
+        assert article.title in texts and article.abstract in texts
+        assert set(article.keywords) <= set(texts)
+    for stage in ("val", "test"):
+        assert {articles[i].title for i in data.indices[stage]} <= set(texts)
+
+
+@pytest.mark.parametrize("name", ["text2brain", "clip", "mnm"])
+def test_frozen_encoder_reads_the_cache_and_matches_live_encoding(
+    name: str, data_files: dict[str, str], tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, data = fit(name, data_files, tiny_bert, **FROZEN)
+    cache = model.text_cache
+    assert cache is not None and cache.path.parent == cache_dir() / "embeddings"
+    assert len(cache) == len(data.cacheable_texts())
+    texts = data.cacheable_texts()[:5] + ["a text the sampler never draws"]
+    model.eval()
+    cached = model.encode_texts(texts)
+    live = model._encode_live(texts, 4)
+    torch.testing.assert_close(cached, live, atol=1e-5, rtol=1e-5)
+
+    # A second run with the same encoder opens the file: nothing is encoded again.
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the second run re-encoded the texts")
+
+    monkeypatch.setattr(embedding_cache, "encode_texts", refuse)
+    second, _ = fit(name, data_files, tiny_bert, **FROZEN)
+    assert second.text_cache.path == cache.path
+
+
+def test_a_changed_encoder_never_reuses_the_vectors(
+    data_files: dict[str, str], tiny_bert: Path
+) -> None:
+    first, _ = fit("text2brain", data_files, tiny_bert, **FROZEN)
+    torch.manual_seed(0)
+    model = model_class("text2brain")(**{**tiny_init_args("text2brain", tiny_bert), **FROZEN})
+    data = make_data(data_files, tiny_bert)
+    data.setup()
+    model.set_space(data.space)
+    with torch.no_grad():
+        model.net.text_encoder.model.embeddings.word_embeddings.weight.add_(0.01)
+    quiet_trainer(max_steps=1, limit_val_batches=0).fit(model, datamodule=data)
+    assert model.text_cache.path != first.text_cache.path
+
+
+def test_frozen_encoder_stays_in_eval_mode(data_files: dict[str, str], tiny_bert: Path) -> None:
+    frozen = model_class("text2brain")(**{**tiny_init_args("text2brain", tiny_bert), **FROZEN})
+    trained = model_class("text2brain")(**tiny_init_args("text2brain", tiny_bert))
+    data = make_data(data_files, tiny_bert)
+    data.setup()
+    for model in (frozen, trained):
+        model.set_space(data.space)
+        model.train()
+    assert not frozen.text_encoder.training and frozen.net.decoder.training
+    assert trained.text_encoder.training
+
+
+@pytest.mark.parametrize("overrides", [{}, {**FROZEN, "embedding_cache": False}])
+def test_no_cache_for_a_trained_encoder_or_when_switched_off(
+    overrides: dict[str, Any], data_files: dict[str, str], tiny_bert: Path
+) -> None:
+    model, _ = fit("text2brain", data_files, tiny_bert, **overrides)
+    assert model.text_cache is None
