@@ -1,15 +1,19 @@
-"""Is the data pipeline ever what a training step waits for? Lightning's profiler says.
+"""Training step time of a Text2Brain head: with and without the embedding cache, per precision.
 
-Trains the default Text2Brain model (bundled MiniLM, bf16 autocast) for a few steps on
-NeuroQuery with the shared data module and reports, from `SimpleProfiler`, the mean time the
-loop waited for the next batch against the mean time of a whole training step; then times the
-bare model (forward, backward, optimizer step on one fixed batch, no Lightning, no loader) in
-the same process as the reference the whole step is compared with, and how that bare step
-splits into text encoder forward, decoder (and readout) forward with the loss, backward and
-optimizer step.
+Trains the head of a model config (default: the released model's settings, frozen MiniLM) for
+a few steps on NeuroQuery with the shared data module, once per variant, in one process:
 
-`--model configs/model/text2brain-release.yaml` benches the released model's settings (frozen
-encoder) instead of the head's defaults.
+- precision: 32-true, and bf16-mixed where the CPU has native bf16 (AVX512-BF16 or AMX) or a
+  GPU runs the bench; `--precision` names others (bf16-mixed on a CPU without native bf16 is
+  emulated: expect it to be tens of times slower);
+- embedding cache off (the frozen encoder runs at every step, as before the cache) and on.
+
+For each it reports Lightning's mean training step, the loader wait and the throughput; then
+the bare model step (forward, backward and AdamW on one fixed batch, no Lightning, no loader)
+split into text encoder (or cache lookup), decoder with readout and loss, backward and optimizer.
+The first run's setup (mean map, readout fit, building the cache when missing) is timed apart;
+later runs reuse the fitted readout. Ratios are against the first variant, which is today's
+default step before the cache (cache off, bf16-mixed where native, else 32-true).
 """
 
 from __future__ import annotations
@@ -18,15 +22,18 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 import yaml
 from lightning.pytorch.profilers import SimpleProfiler
 
-from text2brain.bench.machine import describe_machine, peak_rss_gb
+from text2brain.bench.machine import describe_machine, native_bf16, peak_rss_gb
 from text2brain.data import TextMapDataModule
 from text2brain.models.text2brain import Text2Brain
+
+RELEASE_CONFIG = "configs/model/text2brain-release.yaml"
 
 
 def profiled_means(profiler: SimpleProfiler) -> dict[str, float]:
@@ -39,21 +46,23 @@ def profiled_means(profiler: SimpleProfiler) -> dict[str, float]:
 
 def bare_step(model: Text2Brain, batch: dict, precision: str, steps: int = 10) -> dict:
     """Median seconds of forward + backward + AdamW on one batch, without Lightning ("total"),
-    and of its phases: encoder forward, decoder + loss, backward, optimizer step.
-
-    The encoder is timed by hooks around its forward, so the step runs the head's own loss.
+    and of its phases: text features (encoder or cache), decoder + loss, backward, optimizer.
     """
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     dtype = torch.bfloat16 if precision.startswith("bf16") else None
-    encoder = model.net.text_encoder
     marks: dict[str, float] = {}
-    hooks = [
-        encoder.register_forward_pre_hook(lambda *_: marks.update(enc0=time.perf_counter())),
-        encoder.register_forward_hook(lambda *_: marks.update(enc1=time.perf_counter())),
-    ]
+    text_features = model.text_features
+
+    def timed_features(batch: dict[str, Any]) -> torch.Tensor:
+        marks["text0"] = time.perf_counter()
+        features = text_features(batch)
+        marks["text1"] = time.perf_counter()
+        return features
+
+    model.text_features = timed_features
     phases: dict[str, list[float]] = {
-        "text encoder forward": [],
+        "text features": [],
         "decoder + readout forward, loss": [],
         "backward": [],
         "optimizer step": [],
@@ -70,15 +79,14 @@ def bare_step(model: Text2Brain, batch: dict, precision: str, steps: int = 10) -
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             end = time.perf_counter()
-            encoder_time = marks["enc1"] - marks["enc0"]
-            phases["text encoder forward"].append(encoder_time)
-            phases["decoder + readout forward, loss"].append(forward - start - encoder_time)
+            text_time = marks["text1"] - marks["text0"]
+            phases["text features"].append(text_time)
+            phases["decoder + readout forward, loss"].append(forward - start - text_time)
             phases["backward"].append(backward - forward)
             phases["optimizer step"].append(end - backward)
             phases["total"].append(end - start)
     finally:
-        for hook in hooks:
-            hook.remove()
+        del model.text_features
     return {name: statistics.median(times[2:]) for name, times in phases.items()}
 
 
@@ -92,26 +100,24 @@ def model_from_config(path: str | None) -> Text2Brain:
     return Text2Brain(**config.get("init_args", {}))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m text2brain.bench data", description=__doc__)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=24)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--precision", default="bf16-mixed")
-    parser.add_argument("--model", default=None, help="model config YAML (a Text2Brain head)")
-    args = parser.parse_args(argv)
+def trainer_root() -> str:
+    import tempfile
 
-    print(f"machine: {describe_machine()}")
-    L.seed_everything(0, verbose=False)
-    data = TextMapDataModule(
-        data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers
-    )
-    profiler = SimpleProfiler()
+    return tempfile.mkdtemp(prefix="text2brain-bench-")
+
+
+def run_variant(
+    model: Text2Brain, data: TextMapDataModule, precision: str, cache: bool, steps: int
+) -> dict[str, float]:
+    """One profiled fit of `steps` steps; the mean step, loader wait and wall time."""
+    model.hparams.embedding_cache = cache
+    model.text_cache = None
+    # The per-hook table goes to a file in the run folder, not the terminal.
+    profiler = SimpleProfiler(dirpath=Path(trainer_root()), filename="profile")
     trainer = L.Trainer(
-        max_steps=args.steps,
+        max_steps=steps,
         limit_val_batches=0,
-        precision=args.precision,
+        precision=precision,
         profiler=profiler,
         logger=False,
         enable_checkpointing=False,
@@ -119,31 +125,74 @@ def main(argv: list[str] | None = None) -> None:
         enable_model_summary=False,
     )
     start = time.perf_counter()
-    model = model_from_config(args.model)
     trainer.fit(model, datamodule=data)
-    wall = time.perf_counter() - start
     means = profiled_means(profiler)
-    wait = next(v for k, v in means.items() if k.endswith("train_dataloader_next"))
-    step = means["run_training_batch"]
-    print(
-        f"{args.steps} steps at batch {args.batch_size}, {args.precision}, "
-        f"{args.num_workers} loader workers ({wall:.0f} s with setup)"
+    return {
+        "wall": time.perf_counter() - start,
+        "step": means["run_training_batch"],
+        "wait": next(v for k, v in means.items() if k.endswith("train_dataloader_next")),
+        "setup": means.get("[LightningModule]Text2Brain.on_fit_start", 0.0),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m text2brain.bench data", description=__doc__)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=24)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=None,
+        help="trainer precisions to time (default: 32-true, plus bf16-mixed where native)",
     )
-    print(f"mean training step (forward+backward+optimizer): {step * 1e3:.0f} ms")
-    print(f"mean wait for the next batch: {wait * 1e3:.1f} ms = {wait / step:.1%} of a step")
-    batch = next(iter(data.train_dataloader()))
-    parts = bare_step(model.cpu(), batch, args.precision)
-    bare = parts.pop("total")
-    print(
-        f"bare model step (same batch size, no Lightning, no loader): {bare * 1e3:.0f} ms; "
-        f"whole training step / bare = {(step + wait) / bare:.2f}"
+    parser.add_argument("--model", default=RELEASE_CONFIG, help="model config YAML (Text2Brain)")
+    args = parser.parse_args(argv)
+
+    print(f"machine: {describe_machine()}")
+    fast_bf16 = native_bf16() or torch.cuda.is_available()
+    precisions = args.precision or (["bf16-mixed", "32-true"] if fast_bf16 else ["32-true"])
+    L.seed_everything(0, verbose=False)
+    data = TextMapDataModule(
+        data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers
     )
+    model = model_from_config(args.model)
     print(
-        "bare step breakdown: "
-        + ", ".join(f"{name} {seconds * 1e3:.0f} ms" for name, seconds in parts.items())
+        f"{args.model}: batch {args.batch_size}, {args.steps} steps a run, "
+        f"{args.num_workers} loader workers; text encoder frozen: "
+        f"{model.hparams.freeze_embeddings and model.hparams.freeze_layers}"
     )
-    samples_per_s = args.batch_size / (step + wait)
-    print(f"throughput: {samples_per_s:.1f} samples/s; peak RSS {peak_rss_gb():.2f} GB")
+    rows = []
+    for precision in precisions:
+        for cache in (False, True):
+            result = run_variant(model, data, precision, cache, args.steps)
+            print(
+                f"{precision}, cache {'on' if cache else 'off'}: fit start {result['setup']:.1f} s"
+                + (f" ({len(model.text_cache):,} cached texts)" if model.text_cache else "")
+            )
+            model.fit_readout = lambda: None  # fitted in the first run; the step is the same
+            batch = next(iter(data.train_dataloader()))
+            parts = bare_step(model.cpu(), batch, precision)
+            rows.append({"precision": precision, "cache": cache, **result, "parts": parts})
+    reference = rows[0]["step"] + rows[0]["wait"]
+    print(
+        "\n| precision | cache | step | loader wait | samples/s | vs first | bare step: "
+        "text / decoder+loss / backward / optimizer |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        whole = row["step"] + row["wait"]
+        parts = row["parts"]
+        print(
+            f"| {row['precision']} | {'on' if row['cache'] else 'off'} "
+            f"| {row['step'] * 1e3:.0f} ms | {row['wait'] * 1e3:.1f} ms "
+            f"| {args.batch_size / whole:.1f} | {reference / whole:.2f}x "
+            f"| {parts['total'] * 1e3:.0f} ms: "
+            + " / ".join(f"{parts[name] * 1e3:.0f}" for name in list(parts) if name != "total")
+            + " ms |"
+        )
+    print(f"peak RSS {peak_rss_gb():.2f} GB")
 
 
 if __name__ == "__main__":

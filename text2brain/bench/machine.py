@@ -8,6 +8,20 @@ import resource
 
 import torch
 
+#: CPU features that decide which precision is fast (torch.cpu.get_capabilities names).
+CPU_FLAGS = ("avx2", "avx512_f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """Which of `CPU_FLAGS` this CPU has, as torch reports them (empty if it cannot say)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", lambda: {})()
+    return [flag for flag in CPU_FLAGS if capabilities.get(flag)]
+
+
+def native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 autocast pays."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
+
 
 def describe_machine() -> str:
     cpu = platform.processor() or platform.machine()
@@ -18,7 +32,8 @@ def describe_machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"{cpu} ({' '.join(cpu_flags()) or 'no AVX2'}), {os.cpu_count()} cores, "
+        f"torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), {gpu}, Python {platform.python_version()}"
     )
 

@@ -137,6 +137,8 @@ class Text2Brain(TextEncoderHead):
         on NeuroQuery on a CPU).
         """
         super().on_fit_start()
+        if self.device.type == "cpu":  # 1.5-2x faster transposed convolutions on CPU
+            self.net.decoder.to(memory_format=torch.channels_last_3d)
         if self.trainer.ckpt_path is not None:
             return
         if self.hparams.residual:
