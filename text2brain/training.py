@@ -2,18 +2,65 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from unittest import mock
 
 import lightning as L
 import yaml
+from lightning.pytorch.accelerators import Accelerator
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from text2brain import precision as precisions
 from text2brain.data import TextMapDataModule
 from text2brain.models.base import BrainMapModule
+
+_LIGHTNING_PRECISION = inspect.signature(L.Trainer.__init__).parameters["precision"].annotation
+#: What the trainer's `precision` takes: "auto" or any value the installed Lightning accepts.
+TrainerPrecision = Literal["auto"] | _LIGHTNING_PRECISION
+
+
+class AutoPrecisionTrainer(L.Trainer):
+    """Lightning's Trainer whose precision may also be "auto", its default.
+
+    "auto" is resolved here, once, before Lightning sets up its precision plugin, from the
+    trainer's accelerator (text2brain.precision says what it picks and why), and one line logs
+    the choice. An explicit precision is kept; an explicit bf16 on a CPU without native bf16
+    gets a warning saying how much slower it is. `text2brain fit` builds this trainer, so a
+    run's saved config.yaml records "auto" as asked, and the log the precision it stood for.
+    """
+
+    def __init__(
+        self,
+        *,
+        accelerator: str | Accelerator = "auto",
+        precision: TrainerPrecision = "auto",
+        **kwargs: Any,
+    ) -> None:
+        """Lightning's Trainer, with `precision` resolved first.
+
+        Args:
+            accelerator: "cpu", "gpu", "cuda", "mps", "auto", ... or an Accelerator instance,
+                as for `lightning.Trainer`; an "auto" precision is chosen for it.
+            precision: "auto" (bf16-mixed on GPUs with bf16 and CPUs with native bf16,
+                16-mixed on older CUDA GPUs, else 32-true) or any precision `lightning.Trainer`
+                takes, used as given.
+        """
+        choice = precisions.trainer_precision(precision, _accelerator_name(accelerator))
+        if rank_zero_only.rank == 0:
+            precisions.report(choice, info=rank_zero_info)
+        super().__init__(accelerator=accelerator, precision=choice.precision, **kwargs)
+
+
+def _accelerator_name(accelerator: Any) -> str:
+    """The accelerator's name ("auto", "cpu", "gpu", ...), also for an Accelerator instance."""
+    if isinstance(accelerator, str):
+        return accelerator
+    return type(accelerator).__name__.removesuffix("Accelerator").lower()
 
 
 class LogConfigCallback(SaveConfigCallback):
@@ -162,6 +209,7 @@ def _make_cli() -> Text2BrainCLI:
         subclass_mode_data=False,
         save_config_callback=LogConfigCallback,
         save_config_kwargs={"overwrite": True},
+        trainer_class=AutoPrecisionTrainer,
         args=None,
         auto_configure_optimizers=False,
     )
