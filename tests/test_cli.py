@@ -364,6 +364,30 @@ def test_precision_auto_on_the_command_line(job: Job, run_dir: Path, cli) -> Non
         main(["fit", "-c", str(job.config), "--trainer.precision", "bf17", "--print_config"])
 
 
+def test_no_logger_drops_the_callbacks_that_need_one(job: Job, run_dir: Path, cli) -> None:
+    """`--trainer.logger=false` with the shipped callbacks: LearningRateMonitor goes at once
+    (Lightning would fail only once training starts); the map figures go to PNG files."""
+    shipped = yaml.safe_load((REPO / "configs" / "trainer" / "default.yaml").read_text())
+    extra = [c for c in shipped["callbacks"] if not c["class_path"].endswith("ModelCheckpoint")]
+    assert {c["class_path"].rsplit(".", 1)[1] for c in extra} == {
+        "LearningRateMonitor",
+        "MapFigureLogger",
+    }
+    config = job.write_config(run_dir / "nolog.yaml", callbacks=[*checkpoint_callbacks(), *extra])
+    short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        run = cli("fit", "-c", config, "--trainer.logger=false", *short)
+    assert finished(run)
+    dropped = [str(w.message) for w in warned if "callbacks were dropped" in str(w.message)]
+    assert dropped == [
+        "the trainer has no logger, so these callbacks were dropped: ['LearningRateMonitor']"
+    ]
+    names = {type(c).__name__ for c in run.trainer.callbacks}
+    assert "MapFigureLogger" in names and "LearningRateMonitor" not in names
+    assert list(run_dir.glob("figures/epoch_000/dice_curve.png"))
+
+
 def test_fit_test_validate_predict(job: Job, run_dir: Path, cli) -> None:
     fit = cli(
         "fit", "-c", job.config, "--trainer.max_epochs", 1, "--trainer.limit_train_batches", 4

@@ -13,7 +13,7 @@ import lightning as L
 import yaml
 from lightning.pytorch.accelerators import Accelerator
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from text2brain import precision as precisions
 from text2brain.data import TextMapDataModule
@@ -85,6 +85,7 @@ class Text2BrainCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config.subcommand]
         self._check_tokenizer(config)
+        drop_logger_only_callbacks(config.trainer)
         if self.config.subcommand == "fit" and config.get("ckpt_path"):
             continue_wandb_run(config)
 
@@ -98,6 +99,36 @@ class Text2BrainCLI(LightningCLI):
                 f"data.tokenizer ({tokenizer!r}) differs from model.init_args.encoder "
                 f"({encoder!r}): set both to the same name (or pass --check_tokenizer false)"
             )
+
+
+#: Callbacks that fail without a logger (Lightning says so only once training starts).
+LOGGER_ONLY_CALLBACKS = ("LearningRateMonitor",)
+
+
+def drop_logger_only_callbacks(trainer: Any) -> None:
+    """Without a logger (`--trainer.logger=false`), drop the callbacks that need one.
+
+    Lightning would otherwise raise only when training starts, after the data was loaded and
+    the maps rendered. MapFigureLogger stays: without a logger it writes PNG files.
+    """
+    logger = trainer.get("logger")
+    if not (logger is False or (isinstance(logger, list) and not logger)):
+        return
+    callbacks = trainer.get("callbacks") or []
+    kept = [c for c in callbacks if _class_name(c) not in LOGGER_ONLY_CALLBACKS]
+    if len(kept) == len(callbacks):
+        return
+    dropped = sorted({_class_name(c) for c in callbacks} - {_class_name(c) for c in kept})
+    rank_zero_warn(f"the trainer has no logger, so these callbacks were dropped: {dropped}")
+    trainer.callbacks = kept
+
+
+def _class_name(callback: Any) -> str:
+    """The class name of a callback in a parsed config (a class_path entry or an instance)."""
+    class_path = callback.get("class_path") if hasattr(callback, "get") else None
+    if isinstance(class_path, str):
+        return class_path.rsplit(".", 1)[-1]
+    return type(callback).__name__
 
 
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
