@@ -219,12 +219,45 @@ def finished(cli_object: Any) -> bool:
 
 
 # -- command line --------------------------------------------------------------------------------
-@pytest.mark.parametrize("argv", [[], ["bogus"], ["--help-me"]])
-def test_no_or_unknown_subcommand_prints_usage(argv: list[str]) -> None:
+def test_no_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert "usage: text2brain" in str(exc.value.code)
-    assert "fit" in str(exc.value.code)
+        main([])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: text2brain {fit|")
+
+
+@pytest.mark.parametrize("command", ["bogus", "--help-me"])
+def test_unknown_command_says_so(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"text2brain: unknown command '{command}'\nusage: text2brain")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_every_command(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    main([flag])  # returns: exit status 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: text2brain")
+    for command in ("fit", "validate", "test", "predict", "prepare", "query", "compare", "export"):
+        assert f"\n  {command} " in out, command
+
+
+@pytest.mark.parametrize("command", ["fit", "query", "export", "prepare", "compare"])
+def test_command_help_exits_0(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code in (0, None)
+    assert "usage: text2brain" in capsys.readouterr().out
+
+
+def test_help_of_the_installed_command_exits_0() -> None:
+    done = subprocess.run(
+        text2brain_command("--help"), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: text2brain")
 
 
 @pytest.mark.parametrize("config", ["text2brain", "clip", "mnm", "release"])

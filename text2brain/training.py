@@ -241,6 +241,7 @@ def _make_cli() -> Text2BrainCLI:
         save_config_callback=LogConfigCallback,
         save_config_kwargs={"overwrite": True},
         trainer_class=AutoPrecisionTrainer,
+        parser_kwargs={"prog": "text2brain"},
         args=None,
         auto_configure_optimizers=False,
     )
