@@ -9,7 +9,7 @@ import os
 import string
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +17,7 @@ import pytest
 import torch
 from synthetic import TINY_VOCABULARY, ellipsoid_space, random_coordinates
 
+import text2brain.precision
 from text2brain.brain import BrainSpace
 from text2brain.paths import CACHE_DIR_ENV, DATA_DIR_ENV
 
@@ -47,6 +48,23 @@ def _offline_and_private_cache(monkeypatch: pytest.MonkeyPatch, _session_cache_d
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     monkeypatch.setenv(CACHE_DIR_ENV, str(_session_cache_dir))
+
+
+#: The CPU every test sees unless it fakes another: x86 without native bf16.
+TEST_CPU = {"architecture": "x86_64", "cpu_name": "test CPU", "avx2": True}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_without_native_bf16() -> Iterator[None]:
+    """`precision="auto"` means float32 on the CPU on every test machine, bf16 CPUs included.
+
+    Results compared with float32 references then do not depend on the machine. Session-wide,
+    so module fixtures that load predictors see it too; tests of other CPUs patch
+    `text2brain.precision.cpu_capabilities` again.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(text2brain.precision, "cpu_capabilities", lambda: TEST_CPU)
+        yield
 
 
 # -- synthetic brain space and peaks -----------------------------------------------------------

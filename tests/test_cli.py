@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from model_configs import tiny_init_args
 from synthetic import make_corpus, small_space, write_mask
 
+import text2brain.precision
 import text2brain.training
 from text2brain.cli import main
 from text2brain.corpus.jsonl import write_jsonl_corpus
@@ -35,6 +37,17 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 BATCH_SIZE = 8
 SUBPROCESS_TIMEOUT = 240
+
+
+#: A CPU with native bf16, for the tiny job's bf16-mixed (the tests' default CPU has none).
+BF16_CPU = {"architecture": "x86_64", "cpu_name": "test CPU with AMX", "amx_bf16": True}
+AVX2_CPU = {"architecture": "x86_64", "cpu_name": "test CPU, AVX2 only", "avx2": True}
+
+
+@pytest.fixture(autouse=True)
+def _cpu_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny job trains in bf16-mixed as on a CPU with AMX-BF16, so without a warning."""
+    monkeypatch.setattr(text2brain.precision, "cpu_capabilities", lambda: BF16_CPU)
 
 
 class Throttle(L.Callback):
@@ -206,12 +219,45 @@ def finished(cli_object: Any) -> bool:
 
 
 # -- command line --------------------------------------------------------------------------------
-@pytest.mark.parametrize("argv", [[], ["bogus"], ["--help-me"]])
-def test_no_or_unknown_subcommand_prints_usage(argv: list[str]) -> None:
+def test_no_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert "usage: text2brain" in str(exc.value.code)
-    assert "fit" in str(exc.value.code)
+        main([])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: text2brain {fit|")
+
+
+@pytest.mark.parametrize("command", ["bogus", "--help-me"])
+def test_unknown_command_says_so(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"text2brain: unknown command '{command}'\nusage: text2brain")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_every_command(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    main([flag])  # returns: exit status 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: text2brain")
+    for command in ("fit", "validate", "test", "predict", "prepare", "query", "compare", "export"):
+        assert f"\n  {command} " in out, command
+
+
+@pytest.mark.parametrize("command", ["fit", "query", "export", "prepare", "compare"])
+def test_command_help_exits_0(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code in (0, None)
+    assert "usage: text2brain" in capsys.readouterr().out
+
+
+def test_help_of_the_installed_command_exits_0() -> None:
+    done = subprocess.run(
+        text2brain_command("--help"), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: text2brain")
 
 
 @pytest.mark.parametrize("config", ["text2brain", "clip", "mnm", "release"])
@@ -233,7 +279,7 @@ def test_model_configs_parse_with_either_logger(
     expected = "CSVLogger" if csv else "WandbLogger"
     assert logger["class_path"].endswith(expected)
     # What trainer/default.yaml sets survives the config's own trainer.* keys.
-    assert printed["trainer"]["precision"] == "bf16-mixed"
+    assert printed["trainer"]["precision"] == "auto"
     assert printed["trainer"]["gradient_clip_val"] == 1.0
     # The CSV overlay changes the logger only: the config's checkpoint folder stays.
     folders = {
@@ -299,6 +345,80 @@ def test_fit_fast_dev_run(job: Job, run_dir: Path, cli) -> None:
     assert run.trainer.global_step == 1
     # fast_dev_run keeps no best checkpoint (Lightning 2.6 still writes last.ckpt at the end).
     assert not (run_dir / "ckpts" / "best.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    ("asked", "cpu", "expected"),
+    [("auto", BF16_CPU, "bf16-mixed"), ("auto", AVX2_CPU, "32-true"), (None, AVX2_CPU, None)],
+)
+def test_precision_auto_resolves_and_explicit_values_stay(
+    job: Job,
+    run_dir: Path,
+    cli,
+    monkeypatch: pytest.MonkeyPatch,
+    asked: str | None,
+    cpu: dict[str, Any],
+    expected: str | None,
+) -> None:
+    """`precision: auto` in a config file resolves for the CPU (one line says so); the tiny
+    config's own `precision: bf16-mixed`, as in configs written before auto, is kept, with a
+    warning on a CPU without native bf16."""
+    monkeypatch.setattr(text2brain.precision, "cpu_capabilities", lambda: cpu)
+    said: list[str] = []
+    monkeypatch.setattr(text2brain.training, "rank_zero_info", said.append)
+    config = yaml.safe_load(job.config.read_text())
+    config["trainer"]["precision"] = asked or config["trainer"]["precision"]
+    path = run_dir / "precision.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        run = cli("fit", "-c", path, "--trainer.fast_dev_run", "true")
+    assert finished(run)
+    slow = [w for w in warned if "much slower than float32" in str(w.message)]
+    if asked == "auto":
+        assert run.trainer.precision == expected and not slow
+        assert said == [
+            f"precision auto -> {expected}: the CPU ({cpu['cpu_name']}) "
+            + (
+                "has native bf16 (AMX-BF16)"
+                if expected == "bf16-mixed"
+                else "has no native bf16 (neither AVX512-BF16 nor AMX-BF16)"
+            )
+        ]
+    else:
+        assert run.trainer.precision == "bf16-mixed" and not said
+        assert len(slow) == 1 and "precision: auto or 32-true" in str(slow[0].message)
+
+
+def test_precision_auto_on_the_command_line(job: Job, run_dir: Path, cli) -> None:
+    run = cli("fit", "-c", job.config, "--trainer.precision", "auto", "--trainer.fast_dev_run", "1")
+    assert finished(run) and run.trainer.precision == "bf16-mixed"  # on BF16_CPU
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", str(job.config), "--trainer.precision", "bf17", "--print_config"])
+
+
+def test_no_logger_drops_the_callbacks_that_need_one(job: Job, run_dir: Path, cli) -> None:
+    """`--trainer.logger=false` with the shipped callbacks: LearningRateMonitor goes at once
+    (Lightning would fail only once training starts); the map figures go to PNG files."""
+    shipped = yaml.safe_load((REPO / "configs" / "trainer" / "default.yaml").read_text())
+    extra = [c for c in shipped["callbacks"] if not c["class_path"].endswith("ModelCheckpoint")]
+    assert {c["class_path"].rsplit(".", 1)[1] for c in extra} == {
+        "LearningRateMonitor",
+        "MapFigureLogger",
+    }
+    config = job.write_config(run_dir / "nolog.yaml", callbacks=[*checkpoint_callbacks(), *extra])
+    short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        run = cli("fit", "-c", config, "--trainer.logger=false", *short)
+    assert finished(run)
+    dropped = [str(w.message) for w in warned if "callbacks were dropped" in str(w.message)]
+    assert dropped == [
+        "the trainer has no logger, so these callbacks were dropped: ['LearningRateMonitor']"
+    ]
+    names = {type(c).__name__ for c in run.trainer.callbacks}
+    assert "MapFigureLogger" in names and "LearningRateMonitor" not in names
+    assert list(run_dir.glob("figures/epoch_000/dice_curve.png"))
 
 
 def test_fit_test_validate_predict(job: Job, run_dir: Path, cli) -> None:

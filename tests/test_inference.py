@@ -23,6 +23,7 @@ import torch
 from synthetic import small_space, train_tiny_text2brain
 
 import text2brain
+import text2brain.precision
 from text2brain import inference
 from text2brain.cli import main
 from text2brain.inference import CheckpointError, Predictor, load_predictor
@@ -312,7 +313,9 @@ def test_bad_device(checkpoint: Path) -> None:
 
 
 def test_bf16_inference_matches_fp32(checkpoint: Path, predictor: Predictor) -> None:
-    bf16 = load_predictor(checkpoint, device="cpu", precision="bf16")
+    # The tests' CPU has no native bf16 (conftest): an explicit bf16 is kept, with a warning.
+    with pytest.warns(UserWarning, match=r"much slower than float32.*about 25x slower"):
+        bf16 = load_predictor(checkpoint, device="cpu", precision="bf16")
     assert "bf16" in repr(bf16)
     fast, exact = bf16.predict_vectors(TEXTS), predictor.predict_vectors(TEXTS)
     assert fast.dtype == np.float32 and np.isfinite(fast).all()
@@ -322,6 +325,27 @@ def test_bf16_inference_matches_fp32(checkpoint: Path, predictor: Predictor) -> 
         load_predictor(checkpoint, precision="int8")
     with pytest.raises(ValueError, match="needs a CUDA device"):
         load_predictor(checkpoint, device="cpu", precision="fp16")
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "expected"),
+    [({"avx512_bf16": True}, "bf16"), ({"amx_bf16": True}, "bf16"), ({"avx2": True}, "fp32")],
+)
+def test_auto_precision_follows_the_cpu(
+    predictor: Predictor,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capabilities: dict[str, bool],
+    expected: str,
+) -> None:
+    monkeypatch.setattr(text2brain.precision, "cpu_capabilities", lambda: capabilities)
+    with caplog.at_level("INFO", logger="text2brain.precision"):
+        auto = Predictor(predictor.model, "cpu")  # precision "auto" by default
+    assert auto.precision == expected and expected in repr(auto)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        f"precision auto -> {expected}"
+    ]
+    assert predictor.precision == "fp32"  # the tests' CPU has no native bf16 (conftest)
 
 
 # -- text2brain query --------------------------------------------------------------------------

@@ -20,6 +20,10 @@ from text2brain.query import query
 
 
 def prepare(argv: list[str]) -> None:
+    """Fetch and verify a corpus, build (or check) its split and render its maps into the cache.
+
+    Later training and evaluation then start at once.
+    """
     from text2brain.data import TextMapDataModule
 
     parser = argparse.ArgumentParser(prog="text2brain prepare", description=prepare.__doc__)
@@ -78,13 +82,42 @@ def lightning(argv: list[str]) -> None:
 
 COMMANDS = {"prepare": prepare, "query": query, "compare": compare, "export": export}
 
+#: One line per command, for `text2brain --help`.
+SUMMARIES = {
+    "fit": "train a model (LightningCLI, e.g. -c configs/text2brain.yaml)",
+    "validate": "score a model on the validation split",
+    "test": "score a model on the keyword-disjoint test split",
+    "predict": "predict the test split's maps",
+    "prepare": "fetch a corpus, build its split and render its maps into the cache",
+    "query": "brain maps for text queries (NIfTI, PNG, HTML); related articles of a text or map",
+    "compare": "models side by side on one test split",
+    "export": "a checkpoint as safetensors weights + JSON config, for release",
+}
+
+
+def usage() -> str:
+    """The usage line and every command with its summary."""
+    commands = "\n".join(f"  {name:<10}{summary}" for name, summary in SUMMARIES.items())
+    return (
+        f"usage: text2brain {{{'|'.join(SUMMARIES)}}} [options]\n\n"
+        "Free-form neuroscience text -> 3D brain activation maps, and back.\n\n"
+        f"commands:\n{commands}\n\n"
+        "text2brain COMMAND --help shows the options of a command."
+    )
+
 
 def main(argv: list[str] | None = None) -> None:
+    """Dispatch to a command; usage errors exit with status 2, as argparse's do."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in LIGHTNING_COMMANDS:
+    command = argv[0] if argv else None
+    if command in LIGHTNING_COMMANDS:
         lightning(argv)
-    elif argv and argv[0] in COMMANDS:
-        COMMANDS[argv[0]](argv[1:])
+    elif command in COMMANDS:
+        COMMANDS[command](argv[1:])
+    elif command in ("-h", "--help"):
+        print(usage())
     else:
-        names = "|".join([*LIGHTNING_COMMANDS, *COMMANDS])
-        sys.exit(f"usage: text2brain {{{names}}} [options]   (text2brain COMMAND --help)")
+        if command is not None:
+            print(f"text2brain: unknown command {command!r}", file=sys.stderr)
+        print(usage(), file=sys.stderr)
+        sys.exit(2)

@@ -32,6 +32,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from text2brain import precision as precisions
 from text2brain.brain import BrainSpace
 from text2brain.models.base import BrainMapModule
 from text2brain.models.formats import upgrade_checkpoint
@@ -75,7 +76,7 @@ class CheckpointError(ValueError):
 def load_predictor(
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> Predictor:
     """Load a checkpoint written by `text2brain fit` (or `Trainer.save_checkpoint`) for inference.
 
@@ -83,8 +84,10 @@ def load_predictor(
         checkpoint: path of a ``.ckpt`` file, or of an export folder (`text2brain export`);
             None means the released default model.
         device: where the model runs; default "cuda" when available, else "cpu".
-        precision: "fp32", "bf16" (autocast; faster on CPUs with bf16 support and on GPUs) or
-            "fp16" (autocast, CUDA only).
+        precision: "auto" (bf16 autocast on GPUs and CPUs with native bf16, fp16 on older
+            CUDA GPUs, else fp32; see text2brain.precision), "fp32", "bf16" (autocast; warns
+            on a CPU without native bf16, where it is much slower) or "fp16" (autocast, CUDA
+            only).
 
     Raises:
         FileNotFoundError: the file does not exist (or no default model is shipped yet).
@@ -352,16 +355,19 @@ class Predictor:
         model: the head (a `BrainMapModule`), in eval mode, without gradients.
         space: the brain grid and mask the model predicts on (from the checkpoint).
         device: where the model runs.
+        precision: "fp32", "bf16" or "fp16" (autocast): the one asked for, or what "auto"
+            chose for this device (logged at INFO).
     """
 
     def __init__(
         self,
         model: BrainMapModule,
         device: str | torch.device | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        if precision != precisions.AUTO and precision not in PRECISIONS:
+            choices = [precisions.AUTO, *PRECISIONS]
+            raise ValueError(f"precision must be one of {choices}, got {precision!r}")
         if model.space is None:
             raise ValueError("the model has no brain space; load it with load_predictor")
         if device is None:  # where the model already is (a head may hold only buffers)
@@ -376,7 +382,9 @@ class Predictor:
         self.device = torch.device(device)
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' on CPU")
-        self.precision = precision
+        choice = precisions.inference_precision(precision, self.device)
+        precisions.report(choice)
+        self.precision: str = choice.precision
 
     def __repr__(self) -> str:
         return (

@@ -233,9 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: auto)")
     parser.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="fp32, or bf16/fp16 autocast (faster on bf16 CPUs and GPUs; fp16 needs CUDA)",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="auto (default: bf16 autocast on GPUs and CPUs with native bf16, fp16 on older "
+        "CUDA GPUs, else fp32), fp32, or bf16/fp16 autocast (fp16 needs CUDA)",
     )
     return parser
 

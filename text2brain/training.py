@@ -2,18 +2,65 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from unittest import mock
 
 import lightning as L
 import yaml
+from lightning.pytorch.accelerators import Accelerator
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
+from text2brain import precision as precisions
 from text2brain.data import TextMapDataModule
 from text2brain.models.base import BrainMapModule
+
+_LIGHTNING_PRECISION = inspect.signature(L.Trainer.__init__).parameters["precision"].annotation
+#: What the trainer's `precision` takes: "auto" or any value the installed Lightning accepts.
+TrainerPrecision = Literal["auto"] | _LIGHTNING_PRECISION
+
+
+class AutoPrecisionTrainer(L.Trainer):
+    """Lightning's Trainer whose precision may also be "auto", its default.
+
+    "auto" is resolved here, once, before Lightning sets up its precision plugin, from the
+    trainer's accelerator (text2brain.precision says what it picks and why), and one line logs
+    the choice. An explicit precision is kept; an explicit bf16 on a CPU without native bf16
+    gets a warning saying how much slower it is. `text2brain fit` builds this trainer, so a
+    run's saved config.yaml records "auto" as asked, and the log the precision it stood for.
+    """
+
+    def __init__(
+        self,
+        *,
+        accelerator: str | Accelerator = "auto",
+        precision: TrainerPrecision = "auto",
+        **kwargs: Any,
+    ) -> None:
+        """Lightning's Trainer, with `precision` resolved first.
+
+        Args:
+            accelerator: "cpu", "gpu", "cuda", "mps", "auto", ... or an Accelerator instance,
+                as for `lightning.Trainer`; an "auto" precision is chosen for it.
+            precision: "auto" (bf16-mixed on GPUs with bf16 and CPUs with native bf16,
+                16-mixed on older CUDA GPUs, else 32-true) or any precision `lightning.Trainer`
+                takes, used as given.
+        """
+        choice = precisions.trainer_precision(precision, _accelerator_name(accelerator))
+        if rank_zero_only.rank == 0:
+            precisions.report(choice, info=rank_zero_info)
+        super().__init__(accelerator=accelerator, precision=choice.precision, **kwargs)
+
+
+def _accelerator_name(accelerator: Any) -> str:
+    """The accelerator's name ("auto", "cpu", "gpu", ...), also for an Accelerator instance."""
+    if isinstance(accelerator, str):
+        return accelerator
+    return type(accelerator).__name__.removesuffix("Accelerator").lower()
 
 
 class LogConfigCallback(SaveConfigCallback):
@@ -38,6 +85,7 @@ class Text2BrainCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config.subcommand]
         self._check_tokenizer(config)
+        drop_logger_only_callbacks(config.trainer)
         if self.config.subcommand == "fit" and config.get("ckpt_path"):
             continue_wandb_run(config)
 
@@ -51,6 +99,36 @@ class Text2BrainCLI(LightningCLI):
                 f"data.tokenizer ({tokenizer!r}) differs from model.init_args.encoder "
                 f"({encoder!r}): set both to the same name (or pass --check_tokenizer false)"
             )
+
+
+#: Callbacks that fail without a logger (Lightning says so only once training starts).
+LOGGER_ONLY_CALLBACKS = ("LearningRateMonitor",)
+
+
+def drop_logger_only_callbacks(trainer: Any) -> None:
+    """Without a logger (`--trainer.logger=false`), drop the callbacks that need one.
+
+    Lightning would otherwise raise only when training starts, after the data was loaded and
+    the maps rendered. MapFigureLogger stays: without a logger it writes PNG files.
+    """
+    logger = trainer.get("logger")
+    if not (logger is False or (isinstance(logger, list) and not logger)):
+        return
+    callbacks = trainer.get("callbacks") or []
+    kept = [c for c in callbacks if _class_name(c) not in LOGGER_ONLY_CALLBACKS]
+    if len(kept) == len(callbacks):
+        return
+    dropped = sorted({_class_name(c) for c in callbacks} - {_class_name(c) for c in kept})
+    rank_zero_warn(f"the trainer has no logger, so these callbacks were dropped: {dropped}")
+    trainer.callbacks = kept
+
+
+def _class_name(callback: Any) -> str:
+    """The class name of a callback in a parsed config (a class_path entry or an instance)."""
+    class_path = callback.get("class_path") if hasattr(callback, "get") else None
+    if isinstance(class_path, str):
+        return class_path.rsplit(".", 1)[-1]
+    return type(callback).__name__
 
 
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
@@ -162,6 +240,8 @@ def _make_cli() -> Text2BrainCLI:
         subclass_mode_data=False,
         save_config_callback=LogConfigCallback,
         save_config_kwargs={"overwrite": True},
+        trainer_class=AutoPrecisionTrainer,
+        parser_kwargs={"prog": "text2brain"},
         args=None,
         auto_configure_optimizers=False,
     )

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         help="checkpoint or export folder (default: the released model)",
     )
     parser.add_argument("--device", default=None)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--n-batched", type=int, default=512)
     args = parser.parse_args(argv)
