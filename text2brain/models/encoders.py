@@ -140,6 +140,10 @@ class BertTokenizerFile:
         except Exception:  # an unreadable file or vocabulary: transformers' loader decides
             return None
 
+    def __len__(self) -> int:
+        """The vocabulary size with added tokens, as `len()` of a transformers tokenizer."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
     def encode(self, texts: list[str], max_length: int) -> list[Any]:
         """One `tokenizers.Encoding` per text, cut at `max_length` tokens, padded alike."""
         self.backend.enable_truncation(max_length, strategy="longest_first", direction="right")
