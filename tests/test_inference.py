@@ -164,17 +164,23 @@ def test_default_checkpoint(monkeypatch: pytest.MonkeyPatch, checkpoint: Path) -
         load_predictor()
 
 
-def test_inference_import_is_light() -> None:
+def test_inference_import_is_light(checkpoint: Path) -> None:
+    """Loading and running the Text2Brain head (a .ckpt, and the released export) imports
+    neither Lightning nor the loggers, nor transformers for a BERT encoder (the cold start)."""
     code = textwrap.dedent(
-        """
+        f"""
         import sys
         import text2brain
         assert "torch" not in sys.modules, "import text2brain imported torch"
-        import text2brain.inference
+        from text2brain.inference import load_predictor
+        for checkpoint in ({str(checkpoint)!r}, None):
+            load_predictor(checkpoint, device="cpu").predict_maps(["working memory"])
         heavy = sorted(
             m for m in sys.modules
-            if m.split(".")[0] in ("wandb", "tensorboard", "tensorboardX")
-            or m.startswith(("text2brain.data", "text2brain.corpus", "text2brain.training"))
+            if m.split(".")[0] in ("lightning", "pytorch_lightning", "wandb", "tensorboard",
+                                   "tensorboardX", "transformers", "torchmetrics")
+            or m.startswith(("text2brain.data", "text2brain.corpus", "text2brain.training",
+                             "text2brain.models.base"))
         )
         assert not heavy, heavy
         """

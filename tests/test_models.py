@@ -8,6 +8,7 @@ bf16 training and the brain-space check.
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,15 @@ from synthetic import (
 
 from text2brain.brain import BrainSpace
 from text2brain.data import TextMapDataModule
-from text2brain.models import MODELS, model_class
+from text2brain.models import (
+    INFERENCE_MODELS,
+    MODELS,
+    inference_class,
+    model_class,
+    registered_name,
+)
 from text2brain.models.base import CHECKPOINT_FORMAT, BrainMapModule, lr_factor
+from text2brain.models.head import TRAINING_HPARAMS
 
 SHARED_METRICS = {
     "val/dice_auc",
@@ -116,6 +124,27 @@ def test_every_registered_model_has_a_tiny_config() -> None:
     )
     for name in MODELS:
         assert issubclass(model_class(name), BrainMapModule)
+
+
+def test_registered_names_resolve_without_import() -> None:
+    for name, path in MODELS.items():
+        cls = model_class(name)
+        for recorded in (name, path, f"{cls.__module__}.{cls.__qualname__}"):
+            assert registered_name(recorded) == name
+    assert registered_name("text2brain.models.other.Text2Brain") is None
+    assert registered_name("t2b_evil.models.text2brain.Text2Brain") is None
+
+
+def test_inference_classes_take_the_heads_arguments() -> None:
+    """An inference class takes its LightningModule's arguments but the optimisation ones."""
+    for name in INFERENCE_MODELS:
+        trained = inspect.signature(model_class(name)).parameters
+        inference = inspect.signature(inference_class(name)).parameters
+        assert {k: p.default for k, p in inference.items()} == {
+            k: p.default for k, p in trained.items() if k not in TRAINING_HPARAMS
+        }
+        assert set(trained) - set(inference) == set(TRAINING_HPARAMS)
+        assert not issubclass(inference_class(name), BrainMapModule)
 
 
 def test_tiny_config_of_an_unknown_model_is_a_clear_error(tiny_bert: Path) -> None:

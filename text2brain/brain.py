@@ -14,12 +14,14 @@ import math
 import warnings
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import torch
+
+if TYPE_CHECKING:  # imported where peaks are rendered: predicting maps does not need pandas
+    import pandas as pd
 
 FWHM_TO_SIGMA = 1.0 / math.sqrt(8.0 * math.log(2.0))
 #: Kernel support in standard deviations, as scipy.ndimage.gaussian_filter's default.
@@ -375,6 +377,8 @@ def _index_tables(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Article and table index of every peak (order of first appearance), tables per article."""
     _xyz(coordinates)
+    import pandas as pd
+
     article_codes, ids = pd.factorize(coordinates["id"], sort=False)
     table_codes, _ = pd.factorize(
         pd.MultiIndex.from_arrays([coordinates["id"], coordinates["table_id"]]), sort=False

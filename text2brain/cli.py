@@ -15,7 +15,6 @@ import argparse
 import sys
 import time
 
-from text2brain.compare import compare
 from text2brain.query import query
 
 
@@ -61,6 +60,13 @@ def prepare(argv: list[str]) -> None:
     )
     print(f"split: {stats}")
     print(f"ready in {time.perf_counter() - start:.1f} s")
+
+
+def compare(argv: list[str]) -> None:
+    """`text2brain compare` (imported on use, so that `query` does not load its imports)."""
+    from text2brain.compare import compare as run_compare
+
+    run_compare(argv)
 
 
 def export(argv: list[str]) -> None:

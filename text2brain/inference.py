@@ -13,8 +13,11 @@ the file names. Here the file is read with `torch.load(weights_only=True)` only,
 be one of the zoo's registered heads, and every problem (not a checkpoint, another format
 version, weights that do not fit) is a `CheckpointError` that names the file and says what to do.
 
-This module stays light on purpose (no data pipeline, no experiment loggers): a process that
-only predicts maps should not pay for, or depend on, what training needs.
+This module stays light on purpose (no data pipeline, no experiment loggers, no Lightning): a
+process that only predicts maps should not pay for, or depend on, what training needs. A head
+with a Lightning-free inference class (`INFERENCE_MODELS` in text2brain.models: Text2Brain, the
+released model) is built as that class from the checkpoint's hyper-parameters and weights; the
+other heads through their LightningModule, imported on demand.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ import torch
 
 from text2brain import precision as precisions
 from text2brain.brain import BrainSpace
-from text2brain.models.base import BrainMapModule
 from text2brain.models.formats import upgrade_checkpoint
+from text2brain.models.head import BrainMapHead
 from text2brain.text import check_texts
 
 if TYPE_CHECKING:
@@ -152,7 +155,7 @@ def _read_export(path: Path) -> dict[str, Any]:
 
 
 def _with_base_encoder(
-    path: Path, model: BrainMapModule, state: dict[str, Any], base_encoder: dict[str, Any]
+    path: Path, model: BrainMapHead, state: dict[str, Any], base_encoder: dict[str, Any]
 ) -> dict[str, Any]:
     """The export's state dict completed with the weights it left out, from the base encoder.
 
@@ -165,11 +168,11 @@ def _with_base_encoder(
     own = model.state_dict()
     unknown = [k for k in keys if k not in own]
     if unknown or fingerprint(own, keys) != base_encoder.get("fingerprint"):
+        encoder = getattr(model.hparams, "encoder", None)
         raise CheckpointError(
-            f"{str(path)!r} needs the base text encoder "
-            f"{model.hparams.get('encoder')!r} it was exported against, but the installed one "
-            "has other weights (another version of its package?); install the version used "
-            "at export, or export again with --keep-base-encoder"
+            f"{str(path)!r} needs the base text encoder {encoder!r} it was exported against, "
+            "but the installed one has other weights (another version of its package?); "
+            "install the version used at export, or export again with --keep-base-encoder"
         )
     return {**{k: own[k] for k in keys}, **state}
 
@@ -256,20 +259,17 @@ def _torch_load_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {message}"[:200] if message else type(err).__name__
 
 
-def _registered_class(path: Path, class_path: Any) -> type[BrainMapModule]:
-    """The registered head the checkpoint names; the file's class path is never imported.
+def _registered_class(path: Path, class_path: Any) -> type[BrainMapHead]:
+    """The class to build for the registered head the checkpoint names.
 
-    A checkpoint records the class's module path (`...text2brain.lightning_model.Text2Brain`),
-    the registry its public path (`...text2brain.Text2Brain`): both name the same class, so each
-    registered class is resolved and matched by either name.
+    The file's class path is never imported: it only selects a registered head (see
+    `registered_name`), whose Lightning-free inference class is built when it has one.
     """
-    from text2brain.models import MODELS, model_class
+    from text2brain.models import MODELS, inference_class, registered_name
 
-    if isinstance(class_path, str):
-        for name, registered in MODELS.items():
-            cls = model_class(name)
-            if class_path in (name, registered, f"{cls.__module__}.{cls.__qualname__}"):
-                return cls
+    name = registered_name(class_path) if isinstance(class_path, str) else None
+    if name is not None:
+        return inference_class(name)
     if class_path is None:
         raise CheckpointError(f"{str(path)!r} does not record which model class wrote it")
     raise CheckpointError(
@@ -279,26 +279,37 @@ def _registered_class(path: Path, class_path: Any) -> type[BrainMapModule]:
     )
 
 
+def _model_name(cls: type[BrainMapHead]) -> str:
+    """The head's name in messages: an inference class goes by its LightningModule's name."""
+    return getattr(cls, "model_name", cls.__name__)
+
+
 def _build_model(
-    path: Path, cls: type[BrainMapModule], ckpt: dict[str, Any], pretrained: bool = False
-) -> BrainMapModule:
+    path: Path, cls: type[BrainMapHead], ckpt: dict[str, Any], pretrained: bool = False
+) -> BrainMapHead:
     """The head from the checkpoint's hyper-parameters, with its grid-dependent modules built.
 
     `pretrained=False` (default): the weights come from the checkpoint, so fetching the
     encoder's original weights would be wasted time (and a download for hub encoders); its
     architecture and tokenizer still come from the encoder name or folder in the
     hyper-parameters. `pretrained=True` loads them: an export takes its unchanged base-encoder
-    weights from there.
+    weights from there. Training-only hyper-parameters that the class does not take
+    (`ignored_hparams`) are dropped.
     """
-    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not str(k).startswith("_")}
+    hparams = {
+        k: v
+        for k, v in ckpt["hyper_parameters"].items()
+        if not str(k).startswith("_") and k not in cls.ignored_hparams
+    }
     params = inspect.signature(cls.__init__).parameters
     if "pretrained" in params:
         hparams["pretrained"] = pretrained
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = sorted(set(hparams) - set(params))
+    name = _model_name(cls)
     if unknown and not takes_any:
         raise CheckpointError(
-            f"{str(path)!r} has hyper-parameters {unknown} that {cls.__name__} does not take; "
+            f"{str(path)!r} has hyper-parameters {unknown} that {name} does not take; "
             "it was probably written by another text2brain version: load it with that version"
         )
     try:
@@ -306,12 +317,12 @@ def _build_model(
         model.on_load_checkpoint(ckpt)
     except (TypeError, ValueError) as err:
         raise CheckpointError(
-            f"cannot build {cls.__name__} from {str(path)!r}: {' '.join(str(err).split())}"
+            f"cannot build {name} from {str(path)!r}: {' '.join(str(err).split())}"
         ) from err
     return model
 
 
-def _load_weights(path: Path, model: BrainMapModule, state: dict[str, Any]) -> None:
+def _load_weights(path: Path, model: BrainMapHead, state: dict[str, Any]) -> None:
     """Load the weights strictly; a mismatch is summarised (the model's own error is a wall)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -339,7 +350,7 @@ def _load_weights(path: Path, model: BrainMapModule, state: dict[str, Any]) -> N
     ]
     if problems:
         raise CheckpointError(
-            f"the weights in {str(path)!r} do not fit the {type(model).__name__} its "
+            f"the weights in {str(path)!r} do not fit the {_model_name(type(model))} its "
             f"hyper-parameters describe: {'; '.join(problems)}"
         )
     model.load_state_dict(state, strict=True)
@@ -352,7 +363,8 @@ class Predictor:
     """A loaded model in eval mode, turning texts into masked map vectors or NIfTI images.
 
     Attributes:
-        model: the head (a `BrainMapModule`), in eval mode, without gradients.
+        model: the head (a `BrainMapHead`: its inference class, or its LightningModule), in
+            eval mode, without gradients.
         space: the brain grid and mask the model predicts on (from the checkpoint).
         device: where the model runs.
         precision: "fp32", "bf16" or "fp16" (autocast): the one asked for, or what "auto"
@@ -361,7 +373,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: BrainMapModule,
+        model: BrainMapHead,
         device: str | torch.device | None = None,
         precision: str = "auto",
     ) -> None:
@@ -388,7 +400,7 @@ class Predictor:
 
     def __repr__(self) -> str:
         return (
-            f"Predictor({type(self.model).__name__} on {self.device}, {self.space.shape} grid, "
+            f"Predictor({_model_name(type(self.model))} on {self.device}, {self.space.shape} grid, "
             f"{self.space.n_voxels:,} voxels, {self.precision})"
         )
 
@@ -461,7 +473,7 @@ class Predictor:
         method = getattr(self.model, name, None)
         if method is None:
             raise TypeError(
-                f"{type(self.model).__name__} maps text to brain maps without a shared "
+                f"{_model_name(type(self.model))} maps text to brain maps without a shared "
                 f"text-brain embedding space, so it cannot {what}: use a checkpoint of a "
                 "contrastive head (clip or mnm)"
             )

@@ -1,15 +1,24 @@
 """The zoo: every head, registered by name.
 
-`MODELS` maps a short name to the head's class path. The registry is what the model tests run
-over (a new head is tested by adding it here and a tiny config in tests/model_configs.py) and
-the only classes a checkpoint may name when it is loaded for inference.
+`MODELS` maps a short name to the head's class path (its LightningModule). The registry is
+what the model tests run over (a new head is tested by adding it here and a tiny config in
+tests/model_configs.py) and the only classes a checkpoint may name when it is loaded for
+inference.
+
+`INFERENCE_MODELS` maps a head to its Lightning-free inference class, which `load_predictor`
+builds instead, so predicting never imports Lightning. Only the Text2Brain head (the released
+model) has one so far; the others (clip, mnm, corpus_mean, neuroquery, neurosynth) are loaded
+through their LightningModule, imported on demand.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from text2brain.models.base import BrainMapModule
+if TYPE_CHECKING:
+    from text2brain.models.base import BrainMapModule
+    from text2brain.models.head import BrainMapHead
 
 MODELS: dict[str, str] = {
     "text2brain": "text2brain.models.text2brain.Text2Brain",
@@ -18,6 +27,10 @@ MODELS: dict[str, str] = {
     "corpus_mean": "text2brain.models.corpus_mean.CorpusMean",
     "neuroquery": "text2brain.models.neuroquery.NeuroQuery",
     "neurosynth": "text2brain.models.neurosynth.Neurosynth",
+}
+
+INFERENCE_MODELS: dict[str, str] = {
+    "text2brain": "text2brain.models.text2brain.torch_model.Text2BrainInference",
 }
 
 
@@ -30,5 +43,30 @@ def model_class(name_or_class_path: str) -> type[BrainMapModule]:
             f"{name_or_class_path!r} is not a registered text2brain model; known: "
             f"{sorted(MODELS)} ({sorted(MODELS.values())})"
         )
+    return _import(path)
+
+
+def registered_name(class_path: str) -> str | None:
+    """The short name of the head that `class_path` names, without importing anything.
+
+    A checkpoint records the class's module path (`...text2brain.lightning_model.Text2Brain`),
+    the registry its public path (`...text2brain.Text2Brain`): a class path names a head when
+    it is the short name, the registered path, or the same class name in a module of the
+    registered package.
+    """
+    for name, path in MODELS.items():
+        package, _, cls = path.rpartition(".")
+        module, _, recorded = class_path.rpartition(".")
+        if class_path in (name, path) or (recorded == cls and module.startswith(package + ".")):
+            return name
+    return None
+
+
+def inference_class(name: str) -> type[BrainMapHead]:
+    """The class that `load_predictor` builds for the head `name`: Lightning-free if it has one."""
+    return _import(INFERENCE_MODELS.get(name) or MODELS[name])
+
+
+def _import(path: str) -> type:
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)

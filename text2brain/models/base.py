@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from text2brain.brain import BrainSpace
 from text2brain.metrics import map_metrics
-from text2brain.models.formats import CHECKPOINT_FORMAT, upgrade_checkpoint
+from text2brain.models.formats import CHECKPOINT_FORMAT
+from text2brain.models.head import BrainMapHead
 
 SCHEDULES = ("cosine", "linear", "constant")
 
 
-class BrainMapModule(L.LightningModule):
-    """Base of every text -> brain map head.
+class BrainMapModule(BrainMapHead, L.LightningModule):
+    """Base of every text -> brain map head, for training (the brain space: BrainMapHead).
 
     Subclasses implement `build(space)` (modules that depend on the grid), `predict_texts` /
     `forward(batch)` and, when they learn by gradient, `training_loss(batch)`. Parameters under
@@ -42,6 +42,8 @@ class BrainMapModule(L.LightningModule):
 
     #: Whether the head is trained by gradient descent (baselines fit in closed form).
     trains_by_gradient = True
+    ignored_hparams = ()  # it takes them all
+    inference_only = False
 
     def __init__(
         self,
@@ -56,30 +58,10 @@ class BrainMapModule(L.LightningModule):
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if warmup_steps < 0:
             raise ValueError("warmup_steps must be >= 0")
-        self.space: BrainSpace | None = None
         self.val_metrics = map_metrics("val/")
         self.test_metrics = map_metrics("test/")
 
-    # -- brain space --------------------------------------------------------------------------
-    def set_space(self, space: BrainSpace) -> None:
-        """Attach the grid and mask (from the data, or from a checkpoint) and build the head."""
-        if self.space is not None:
-            if self.space.to_dict() != space.to_dict():
-                raise ValueError(
-                    f"this model was built for a {self.space.shape} grid with "
-                    f"{self.space.n_voxels} mask voxels; the data uses {space.shape} with "
-                    f"{space.n_voxels}: use the same mask for training and evaluation"
-                )
-            return
-        self.space = space
-        self.register_buffer(
-            "mask_index", torch.from_numpy(space.mask.ravel().nonzero()[0]), persistent=False
-        )
-        self.build(space)
-
-    def build(self, space: BrainSpace) -> None:
-        """Create the modules that depend on the grid (called once, before training/loading)."""
-
+    # -- brain space (set_space, build, on_load_checkpoint: BrainMapHead) ---------------------
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         space = getattr(datamodule, "space", None)
@@ -106,23 +88,9 @@ class BrainMapModule(L.LightningModule):
         version = getattr(logger, "version", None)
         return str(version) if version is not None else None
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        info = checkpoint.get("text2brain")
-        if info is None:
-            raise ValueError(
-                "this checkpoint has no 'text2brain' section: it was not written by a "
-                "text2brain model"
-            )
-        upgrade_checkpoint(checkpoint)
-        self.set_space(BrainSpace.from_dict(info["space"]))
-
     # -- what a head provides -----------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Tensor:
         """Predicted masked maps (batch, n_voxels) for a data-module batch."""
-        raise NotImplementedError
-
-    def predict_texts(self, texts: list[str]) -> Tensor:
-        """Predicted masked maps (len(texts), n_voxels) for raw texts."""
         raise NotImplementedError
 
     def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -146,10 +114,6 @@ class BrainMapModule(L.LightningModule):
             block = torch.from_numpy(np.ascontiguousarray(maps[start : start + chunk]))
             total += self.normalise_target(block.float()).sum(0, dtype=torch.float64)
         return (total / len(maps)).float()
-
-    def to_masked(self, volume: Tensor) -> Tensor:
-        """(batch, *grid) volumes -> (batch, n_voxels) masked vectors."""
-        return volume.flatten(1)[:, self.mask_index]
 
     # -- steps --------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

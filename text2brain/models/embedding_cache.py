@@ -51,10 +51,17 @@ def state_fingerprint(state: dict[str, Tensor], keys: Iterable[str] | None = Non
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """sha256 of what decides a tokenizer's output: its full definition where it has one."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:  # a fast tokenizer: its JSON holds vocabulary, normaliser, rules
-        text = backend.to_str()
+    """sha256 of what decides a tokenizer's output: its full definition where it has one.
+
+    The truncation and padding settings are left out: tokenising sets them on every call (the
+    cache key holds `max_length` itself).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "backend", None)
+    if backend is not None:  # a `tokenizers` JSON: vocabulary, normaliser, rules
+        definition = json.loads(backend.to_str())
+        definition.pop("truncation", None)
+        definition.pop("padding", None)
+        text = json.dumps(definition, sort_keys=True)
     else:
         text = json.dumps(sorted(tokenizer.get_vocab().items())) + type(tokenizer).__name__
     return hashlib.sha256(text.encode()).hexdigest()

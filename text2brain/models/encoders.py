@@ -64,14 +64,90 @@ def _load_error(what: str, name_or_path: str, exc: BaseException) -> OSError:
 
 
 def load_tokenizer(name_or_path: str = DEFAULT_ENCODER) -> Any:
-    """The (fast) tokenizer that matches ``TextEncoder(name_or_path)``."""
+    """The (fast) tokenizer that matches ``TextEncoder(name_or_path)``.
+
+    A local folder with a BERT tokenizer.json gets a `BertTokenizerFile` (same tokens,
+    without transformers' ~1 s import); anything else transformers' AutoTokenizer.
+    """
+    path = resolve_pretrained(name_or_path)
+    fast = BertTokenizerFile.from_folder(path)
+    if fast is not None:
+        return fast
     from transformers import AutoTokenizer
 
-    path = resolve_pretrained(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(path, use_fast=True)
     except Exception as exc:  # re-raised with context; original chained
         raise _load_error("tokenizer", name_or_path, exc) from exc
+
+
+#: transformers' tokenizer classes whose fast version is the folder's tokenizer.json, applied
+#: as `BertTokenizerFile` applies it (tests/test_encoders.py compares the two).
+_BERT_TOKENIZERS = frozenset({"BertTokenizer", "BertTokenizerFast"})
+#: transformers' `model_max_length` when a tokenizer sets none.
+_NO_MAX_LENGTH = int(1e30)
+
+
+class BertTokenizerFile:
+    """A BERT tokenizer.json run by the `tokenizers` package, as transformers runs it.
+
+    Why: transformers' AutoTokenizer costs about 1 s of imports on a 2-core CPU, a third of a
+    cold `text2brain query`; its fast BERT tokenizer only configures this same tokenizer.json
+    (truncation from the right, longest-first; padding to the longest text with the pad
+    token). Used for training and inference alike wherever a folder has one, so there is one
+    tokenisation; `tokenize` takes either kind.
+    """
+
+    model_input_names = ("input_ids", "token_type_ids", "attention_mask")
+
+    def __init__(self, backend: Any, pad_token: str, model_max_length: int) -> None:
+        pad_id = backend.token_to_id(pad_token)
+        if pad_id is None:
+            raise ValueError(f"the pad token {pad_token!r} is not in the vocabulary")
+        backend.no_truncation()
+        backend.enable_padding(direction="right", pad_id=pad_id, pad_token=pad_token)
+        self.backend = backend
+        self.model_max_length = model_max_length
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> BertTokenizerFile | None:
+        """The folder's BERT tokenizer.json, or None (no such file, another tokenizer class)."""
+        folder = Path(folder)
+        file, config_file = folder / "tokenizer.json", folder / "tokenizer_config.json"
+        if not (file.is_file() and config_file.is_file()):
+            return None
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if (
+            not isinstance(config, dict)
+            or config.get("tokenizer_class") not in _BERT_TOKENIZERS
+            or config.get("padding_side", "right") != "right"
+            or config.get("truncation_side", "right") != "right"
+            or config.get("model_input_names", list(cls.model_input_names))
+            != list(cls.model_input_names)
+        ):
+            return None
+        from tokenizers import Tokenizer
+
+        pad_token = config.get("pad_token", "[PAD]")
+        if isinstance(pad_token, dict):  # saved as an AddedToken
+            pad_token = pad_token.get("content")
+        limit = config.get("model_max_length", _NO_MAX_LENGTH)
+        try:
+            return cls(Tokenizer.from_file(str(file)), str(pad_token), int(limit))
+        except Exception:  # an unreadable file or vocabulary: transformers' loader decides
+            return None
+
+    def __len__(self) -> int:
+        """The vocabulary size with added tokens, as `len()` of a transformers tokenizer."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, texts: list[str], max_length: int) -> list[Any]:
+        """One `tokenizers.Encoding` per text, cut at `max_length` tokens, padded alike."""
+        self.backend.enable_truncation(max_length, strategy="longest_first", direction="right")
+        return self.backend.encode_batch(texts, add_special_tokens=True)
 
 
 def _sentence_transformers_max_length(path: str) -> int | None:
@@ -84,6 +160,29 @@ def _sentence_transformers_max_length(path: str) -> int | None:
     except (OSError, ValueError):
         return None
     return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _plain_bert(path: str, pretrained: bool) -> nn.Module | None:
+    """The folder's BERT in plain torch (text2brain.models.bert), or None if it is not one."""
+    from text2brain.models.bert import BertEncoder, read_config, supports
+
+    if pretrained:
+        return BertEncoder.from_pretrained(path)
+    config = read_config(path)
+    return BertEncoder(config) if config is not None and supports(config) else None
+
+
+def _transformers_model(name_or_path: str, path: str, pretrained: bool) -> tuple[Any, list[str]]:
+    """transformers' model for `path` and the weights its file lacked."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        if pretrained:
+            model, info = AutoModel.from_pretrained(path, output_loading_info=True)
+            return model, list(info.get("missing_keys", []))
+        return AutoModel.from_config(AutoConfig.from_pretrained(path)), []
+    except Exception as exc:  # re-raised with context; original chained
+        raise _load_error("model", name_or_path, exc) from exc
 
 
 def _get_attr_path(obj: Any, path: str) -> Any:
@@ -107,6 +206,9 @@ class TextEncoder(nn.Module):
         freeze_layers: freeze the lowest N transformer blocks (BERT-like models only).
         gradient_checkpointing: recompute activations in backward (active in train mode only).
         pretrained: load the weights; ``False`` builds the same architecture with random weights.
+        inference: the encoder will only predict. BERT models in a local folder then run on
+            text2brain.models.bert (plain torch, same outputs and state-dict keys, without
+            transformers' 1.6 s import); anything else, and every training run, on transformers.
     """
 
     def __init__(
@@ -117,6 +219,7 @@ class TextEncoder(nn.Module):
         freeze_layers: int = 0,
         gradient_checkpointing: bool = False,
         pretrained: bool = True,
+        inference: bool = False,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -125,20 +228,13 @@ class TextEncoder(nn.Module):
             raise TypeError(f"freeze_layers must be an int, got {type(freeze_layers).__name__}")
         if freeze_layers < 0:
             raise ValueError(f"freeze_layers must be >= 0, got {freeze_layers}")
-        from transformers import AutoConfig, AutoModel
-
         self.name_or_path = name_or_path
         self.pooling = pooling
         self._path = resolve_pretrained(name_or_path)
-        try:
-            if pretrained:
-                model, info = AutoModel.from_pretrained(self._path, output_loading_info=True)
-                missing = list(info.get("missing_keys", []))
-            else:
-                model = AutoModel.from_config(AutoConfig.from_pretrained(self._path))
-                missing = []
-        except Exception as exc:  # re-raised with context; original chained
-            raise _load_error("model", name_or_path, exc) from exc
+        model = _plain_bert(self._path, pretrained) if inference else None
+        missing: list[str] = []
+        if model is None:
+            model, missing = _transformers_model(name_or_path, self._path, pretrained)
         # from_pretrained returns the model in eval mode; a new nn.Module is in train mode, and
         # Lightning no longer forces train() at fit start, so dropout would silently stay off.
         self.model = model.train()
@@ -203,7 +299,7 @@ class TextEncoder(nn.Module):
         )
 
     @classmethod
-    def from_hparams(cls, hparams: Any) -> TextEncoder:
+    def from_hparams(cls, hparams: Any, inference: bool = False) -> TextEncoder:
         """The encoder that a head's hyper-parameters describe: one construction for all heads."""
         return cls(
             hparams.encoder,
@@ -211,6 +307,7 @@ class TextEncoder(nn.Module):
             freeze_embeddings=hparams.freeze_embeddings,
             freeze_layers=hparams.freeze_layers,
             pretrained=hparams.pretrained,
+            inference=inference,
         )
 
     @property
@@ -244,6 +341,17 @@ class TextEncoder(nn.Module):
             limits.append(st_limit)
         return min(limits) if limits else 512
 
+    def token_limit(self, max_length: int) -> int:
+        """Tokens a text keeps: a head's `max_length`, within the encoder's own limit."""
+        return min(max_length, self.max_length)
+
+    def tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+        """Tokens of `texts` (cut at `token_limit(max_length)`) on the encoder's device: the
+        one tokenisation path of every head that runs this encoder on raw text."""
+        device = next(self.parameters()).device
+        tokens = tokenize(self.tokenizer, texts, self.token_limit(max_length))
+        return {k: v.to(device) for k, v in tokens.items()}
+
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor
     ) -> torch.Tensor:
@@ -266,18 +374,29 @@ class TextEncoder(nn.Module):
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
     """Tokenize a batch (padded to its longest text, cut at ``max_length`` tokens) as tensors.
 
-    Warns once (``UserWarning``) with the number of texts that were cut, since silently dropping
-    the end of long abstracts changes what the model sees. With a fast tokenizer, the count
+    `tokenizer` is what `load_tokenizer` returns: a `BertTokenizerFile` or a transformers
+    tokenizer. Warns once (``UserWarning``) with the number of texts that were cut, since
+    silently dropping the end of long abstracts changes what the model sees. With a fast
+    tokenizer, the count
     comes free from the same pass (each encoding records its overflow); slow tokenizers get one
     extra untruncated pass.
     """
     texts = check_texts(texts, allow_empty=False)
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be a positive int, got {max_length!r}")
-    enc = tokenizer(
-        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-    )
-    encodings = getattr(enc, "encodings", None)
+    if isinstance(tokenizer, BertTokenizerFile):
+        encodings = tokenizer.encode(texts, max_length)
+        tensors = {
+            "input_ids": torch.tensor([e.ids for e in encodings]),
+            "token_type_ids": torch.tensor([e.type_ids for e in encodings]),
+            "attention_mask": torch.tensor([e.attention_mask for e in encodings]),
+        }
+    else:
+        enc = tokenizer(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        encodings = getattr(enc, "encodings", None)
+        tensors = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
     if encodings is not None:
         truncated = sum(1 for e in encodings if len(e.overflowing) > 0)
         for i, e in enumerate(encodings):
@@ -292,4 +411,12 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str,
             UserWarning,
             stacklevel=2,
         )
-    return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
+    return tensors
+
+
+def token_lengths(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[int]:
+    """Tokens of each text once cut at `max_length` (special tokens included, no padding)."""
+    if isinstance(tokenizer, BertTokenizerFile):
+        return [sum(e.attention_mask) for e in tokenizer.encode(list(texts), max_length)]
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    return [len(i) for i in ids]

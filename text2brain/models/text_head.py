@@ -13,6 +13,7 @@ them one tokenisation path and one way to turn texts into the encoder's pooled v
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -29,7 +30,7 @@ from text2brain.models.embedding_cache import (
     state_fingerprint,
     tokenizer_fingerprint,
 )
-from text2brain.models.encoders import TextEncoder, tokenize
+from text2brain.models.encoders import TextEncoder, token_lengths
 from text2brain.paths import cache_dir
 
 
@@ -56,13 +57,8 @@ class TextEncoderHead(BrainMapModule):
         return self
 
     # -- texts -> pooled encoder vectors ------------------------------------------------------
-    @property
-    def token_limit(self) -> int:
-        return min(self.hparams.max_length, self.text_encoder.max_length)
-
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        tokens = tokenize(self.text_encoder.tokenizer, texts, self.token_limit)
-        return {k: v.to(self.device) for k, v in tokens.items()}
+        return self.text_encoder.tokenize(texts, self.hparams.max_length)
 
     def text_features(self, batch: dict[str, Any]) -> Tensor:
         """Pooled encoder vectors (batch, dim) of the batch's texts (its `tokens` if any)."""
@@ -130,7 +126,7 @@ class TextEncoderHead(BrainMapModule):
         texts = datamodule.cacheable_texts()
         encoder = self.text_encoder
         settings = {
-            "max_length": self.token_limit,
+            "max_length": encoder.token_limit(self.hparams.max_length),
             "pooling": encoder.pooling,
             "precision": str(self.trainer.precision),
         }
@@ -151,19 +147,18 @@ class TextEncoderHead(BrainMapModule):
         def encode(chunk: list[str]) -> Tensor:
             return self._encode_live(chunk, len(chunk))
 
-        def token_lengths(chunk: list[str]) -> list[int]:
-            ids = encoder.tokenizer(list(chunk), truncation=True, max_length=self.token_limit)
-            return [len(i) for i in ids["input_ids"]]
+        def lengths(chunk: Sequence[str]) -> list[int]:
+            return token_lengths(encoder.tokenizer, chunk, settings["max_length"])
 
         cache = None
         if trainer.is_global_zero:
             cache = open_or_build(
-                directory, key, texts, encoder.dim, encode, token_lengths, description, build=build
+                directory, key, texts, encoder.dim, encode, lengths, description, build=build
             )
         trainer.strategy.barrier("text2brain-embedding-cache")
         if cache is None:
             cache = open_or_build(
-                directory, key, texts, encoder.dim, encode, token_lengths, description, build=False
+                directory, key, texts, encoder.dim, encode, lengths, description, build=False
             )
         if cache is not None:
             rank_zero_info(

@@ -8,20 +8,23 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor, nn
+from torch import Tensor
 
-from text2brain.brain import BrainSpace
-from text2brain.models.encoders import DEFAULT_ENCODER, TextEncoder
+from text2brain.models.encoders import DEFAULT_ENCODER
 from text2brain.models.text2brain.readout import fit_ridge_readout
-from text2brain.models.text2brain.torch_model import Text2BrainNet
+from text2brain.models.text2brain.torch_model import (
+    Text2BrainMaths,
+    Text2BrainNet,
+    check_options,
+)
 from text2brain.models.text_head import TextEncoderHead
 
-TARGET_NORMALISATIONS = ("none", "max")
-READOUTS = ("none", "ridge")
 
-
-class Text2Brain(TextEncoderHead):
+class Text2Brain(Text2BrainMaths, TextEncoderHead):
     """Text2Brain: transformer text encoder + transposed-3D-CNN decoder, trained with MSE.
+
+    The maths (building the layers, embedding, maps) is `Text2BrainMaths`, which the
+    Lightning-free `Text2BrainInference` shares; this class adds the training.
 
     The loss covers mask voxels only (the original code's loss did not, while its metric did).
     Defaults follow the paper's architecture (4x5x4x64 seed, 32/16/8 channels, batch norm,
@@ -87,46 +90,9 @@ class Text2Brain(TextEncoderHead):
         schedule: str = "cosine",
     ) -> None:
         super().__init__(encoder_lr, lr, weight_decay, warmup_steps, schedule)
-        if target_normalisation not in TARGET_NORMALISATIONS:
-            raise ValueError(
-                f"target_normalisation must be one of {TARGET_NORMALISATIONS}, "
-                f"got {target_normalisation!r}"
-            )
-        if readout not in READOUTS:
-            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
-        if readout_rank is not None and (
-            isinstance(readout_rank, bool) or not isinstance(readout_rank, int) or readout_rank < 1
-        ):
-            raise ValueError(f"readout_rank must be a positive int or null, got {readout_rank!r}")
+        check_options(target_normalisation, readout, readout_rank)
         self.save_hyperparameters()
         self.net: Text2BrainNet | None = None
-
-    def build(self, space: BrainSpace) -> None:
-        hp = self.hparams
-        text_encoder = TextEncoder.from_hparams(hp)
-        self.net = Text2BrainNet(
-            text_encoder,
-            grid_shape=space.shape,
-            seed_shape=hp.seed_shape or (4, 5, 4),
-            seed_channels=hp.seed_channels,
-            channels=hp.channels or (32, 16, 8),
-            dropout=hp.dropout,
-            norm=hp.norm,
-            activation=hp.activation,
-            output_crop=hp.output_crop or (40, 48, 40),
-            output_offset=hp.output_offset or (3, 3, 0),
-            output_norm_act=hp.output_norm_act,
-        )
-        if hp.residual:
-            self.register_buffer("mean_map", torch.zeros(space.n_voxels))
-            output = self.net.decoder.head[0]
-            nn.init.zeros_(output.weight)
-            nn.init.zeros_(output.bias)
-        if hp.readout == "ridge":
-            rank = min(hp.readout_rank or text_encoder.dim, text_encoder.dim)
-            self.register_buffer("readout_in", torch.zeros(text_encoder.dim, rank))
-            self.register_buffer("readout_out", torch.zeros(rank, space.n_voxels))
-            self.register_buffer("readout_bias", torch.zeros(space.n_voxels))
 
     def on_fit_start(self) -> None:
         """Fit the mean map and the readout from the training split, unless resuming.
@@ -137,8 +103,6 @@ class Text2Brain(TextEncoderHead):
         on NeuroQuery on a CPU).
         """
         super().on_fit_start()
-        if self.device.type == "cpu":  # 1.5-2x faster transposed convolutions on CPU
-            self.net.decoder.to(memory_format=torch.channels_last_3d)
         if self.trainer.ckpt_path is not None:
             return
         if self.hparams.residual:
@@ -179,17 +143,7 @@ class Text2Brain(TextEncoderHead):
         )
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
-        embedding = self.text_features(batch)
-        maps = self.to_masked(self.net.decoder(embedding)).float()
-        if self.hparams.readout == "ridge":
-            maps = (
-                maps + (embedding.float() @ self.readout_in) @ self.readout_out + self.readout_bias
-            )
-        return maps + self.mean_map if self.hparams.residual else maps
-
-    @torch.inference_mode()
-    def predict_texts(self, texts: list[str]) -> Tensor:
-        return self.forward({"text": texts})
+        return self.masked_maps(self.text_features(batch))
 
     def normalise_target(self, target: Tensor) -> Tensor:
         if self.hparams.target_normalisation == "max":
