@@ -260,7 +260,7 @@ def test_help_of_the_installed_command_exits_0() -> None:
     assert done.stdout.startswith("usage: text2brain")
 
 
-@pytest.mark.parametrize("config", ["text2brain", "clip", "mnm", "release"])
+@pytest.mark.parametrize("config", ["text2brain", "text2brain-finetune", "clip", "mnm", "release"])
 @pytest.mark.parametrize("csv", [False, True])
 def test_model_configs_parse_with_either_logger(
     config: str, csv: bool, capsys: pytest.CaptureFixture[str], run_dir: Path

@@ -29,9 +29,10 @@ import torch
 import yaml
 from lightning.pytorch.profilers import SimpleProfiler
 
-from text2brain.bench.machine import describe_machine, native_bf16, peak_rss_gb
+from text2brain.bench.machine import describe_machine, peak_rss_gb
 from text2brain.data import TextMapDataModule
 from text2brain.models.text2brain import Text2Brain
+from text2brain.precision import cpu_bf16
 
 RELEASE_CONFIG = "configs/model/text2brain-release.yaml"
 
@@ -142,17 +143,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument(
-        "--precision",
+        "--variants",
         nargs="+",
         default=None,
-        help="trainer precisions to time (default: 32-true, plus bf16-mixed where native)",
+        metavar="PRECISION:CACHE",
+        help="runs to time, e.g. bf16-mixed:off 32-true:on (default: 32-true, plus "
+        "bf16-mixed where native, each with the cache off and on)",
     )
     parser.add_argument("--model", default=RELEASE_CONFIG, help="model config YAML (Text2Brain)")
     args = parser.parse_args(argv)
 
     print(f"machine: {describe_machine()}")
-    fast_bf16 = native_bf16() or torch.cuda.is_available()
-    precisions = args.precision or (["bf16-mixed", "32-true"] if fast_bf16 else ["32-true"])
+    fast_bf16 = cpu_bf16()[0] or torch.cuda.is_available()
+    precisions = ["bf16-mixed", "32-true"] if fast_bf16 else ["32-true"]
+    variants = [
+        (precision, cache == "on")
+        for precision, _, cache in (v.partition(":") for v in args.variants or [])
+    ] or [(precision, cache) for precision in precisions for cache in (False, True)]
     L.seed_everything(0, verbose=False)
     data = TextMapDataModule(
         data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers
@@ -164,17 +171,16 @@ def main(argv: list[str] | None = None) -> None:
         f"{model.hparams.freeze_embeddings and model.hparams.freeze_layers}"
     )
     rows = []
-    for precision in precisions:
-        for cache in (False, True):
-            result = run_variant(model, data, precision, cache, args.steps)
-            print(
-                f"{precision}, cache {'on' if cache else 'off'}: fit start {result['setup']:.1f} s"
-                + (f" ({len(model.text_cache):,} cached texts)" if model.text_cache else "")
-            )
-            model.fit_readout = lambda: None  # fitted in the first run; the step is the same
-            batch = next(iter(data.train_dataloader()))
-            parts = bare_step(model.cpu(), batch, precision)
-            rows.append({"precision": precision, "cache": cache, **result, "parts": parts})
+    for precision, cache in variants:
+        result = run_variant(model, data, precision, cache, args.steps)
+        print(
+            f"{precision}, cache {'on' if cache else 'off'}: fit start {result['setup']:.1f} s"
+            + (f" ({len(model.text_cache):,} cached texts)" if model.text_cache else "")
+        )
+        model.fit_readout = lambda: None  # fitted in the first run; the step is the same
+        batch = next(iter(data.train_dataloader()))
+        parts = bare_step(model.cpu(), batch, precision)
+        rows.append({"precision": precision, "cache": cache, **result, "parts": parts})
     reference = rows[0]["step"] + rows[0]["wait"]
     print(
         "\n| precision | cache | step | loader wait | samples/s | vs first | bare step: "

@@ -8,19 +8,16 @@ import resource
 
 import torch
 
+from text2brain.precision import cpu_capabilities
+
 #: CPU features that decide which precision is fast (torch.cpu.get_capabilities names).
 CPU_FLAGS = ("avx2", "avx512_f", "avx512_bf16", "amx_bf16")
 
 
 def cpu_flags() -> list[str]:
-    """Which of `CPU_FLAGS` this CPU has, as torch reports them (empty if it cannot say)."""
-    capabilities = getattr(torch.cpu, "get_capabilities", lambda: {})()
+    """Which of `CPU_FLAGS` this CPU has, as torch reports them."""
+    capabilities = cpu_capabilities()
     return [flag for flag in CPU_FLAGS if capabilities.get(flag)]
-
-
-def native_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 autocast pays."""
-    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 
 
 def describe_machine() -> str:
