@@ -148,6 +148,22 @@ def write_corpus_files(folder: Path, n_articles: int = 80) -> dict[str, str]:
     }
 
 
+def tiny_datamodule(files: dict[str, str], encoder: Path | str) -> Any:
+    """The data module of a generated corpus (`write_corpus_files`): 8 test and 8 validation
+    articles, batches of 8 tokenised by `encoder`'s tokenizer, no loader workers."""
+    from text2brain.data import TextMapDataModule
+
+    return TextMapDataModule(
+        **files,
+        n_test=8,
+        n_val=8,
+        keyword_max_df=0.05,
+        tokenizer=str(encoder),
+        batch_size=8,
+        num_workers=0,
+    )
+
+
 def quiet_trainer(root: Path | None = None, **options: Any) -> Any:
     """A CPU `lightning.Trainer` without logger, checkpoints, progress bar or model summary.
 
@@ -178,21 +194,12 @@ def train_tiny_text2brain(folder: Path, encoder: Path, **overrides: object) -> P
     import pytest
     from model_configs import tiny_init_args
 
-    from text2brain.data import TextMapDataModule
     from text2brain.models.text2brain import Text2Brain
     from text2brain.paths import CACHE_DIR_ENV
 
     with pytest.MonkeyPatch.context() as mp:  # module-scoped callers: no autouse cache yet
         mp.setenv(CACHE_DIR_ENV, str(folder / "cache"))
-        data = TextMapDataModule(
-            **write_corpus_files(folder),
-            n_test=8,
-            n_val=8,
-            keyword_max_df=0.05,
-            tokenizer=str(encoder),
-            batch_size=8,
-            num_workers=0,
-        )
+        data = tiny_datamodule(write_corpus_files(folder), encoder)
         L.seed_everything(0, verbose=False)
         model = Text2Brain(**{**tiny_init_args("text2brain", encoder), **overrides})
         trainer = quiet_trainer(max_steps=2, limit_val_batches=0)

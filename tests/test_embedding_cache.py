@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 from model_configs import tiny_init_args
-from synthetic import quiet_trainer, write_corpus_files
+from synthetic import quiet_trainer, tiny_datamodule, write_corpus_files
 
-from text2brain.data import TextMapDataModule
 from text2brain.models import embedding_cache, model_class
 from text2brain.models.embedding_cache import (
     MAX_BATCH,
@@ -104,23 +103,11 @@ def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return write_corpus_files(tmp_path_factory.mktemp("cache-data"))
 
 
-def make_data(files: dict[str, str], tiny_bert: Path) -> TextMapDataModule:
-    return TextMapDataModule(
-        **files,
-        n_test=8,
-        n_val=8,
-        keyword_max_df=0.05,
-        tokenizer=str(tiny_bert),
-        batch_size=8,
-        num_workers=0,
-    )
-
-
 def fit(name: str, files: dict[str, str], tiny_bert: Path, **overrides: Any) -> Any:
     """A head fitted for 2 steps; its random tiny encoder is the same in every call."""
     torch.manual_seed(0)
     model = model_class(name)(**{**tiny_init_args(name, tiny_bert), **overrides})
-    data = make_data(files, tiny_bert)
+    data = tiny_datamodule(files, tiny_bert)
     quiet_trainer(max_steps=2, limit_val_batches=1, num_sanity_val_steps=0).fit(
         model, datamodule=data
     )
@@ -130,7 +117,7 @@ def fit(name: str, files: dict[str, str], tiny_bert: Path, **overrides: Any) -> 
 def test_cacheable_texts_are_every_enumerable_pair_text(
     data_files: dict[str, str], tiny_bert: Path
 ) -> None:
-    data = make_data(data_files, tiny_bert)
+    data = tiny_datamodule(data_files, tiny_bert)
     texts = data.cacheable_texts()
     assert texts == sorted(set(texts))
     articles = data.corpus.articles
@@ -171,7 +158,7 @@ def test_a_changed_encoder_never_reuses_the_vectors(
     first, _ = fit("text2brain", data_files, tiny_bert, **FROZEN)
     torch.manual_seed(0)
     model = model_class("text2brain")(**{**tiny_init_args("text2brain", tiny_bert), **FROZEN})
-    data = make_data(data_files, tiny_bert)
+    data = tiny_datamodule(data_files, tiny_bert)
     data.setup()
     model.set_space(data.space)
     with torch.no_grad():
@@ -183,7 +170,7 @@ def test_a_changed_encoder_never_reuses_the_vectors(
 def test_frozen_encoder_stays_in_eval_mode(data_files: dict[str, str], tiny_bert: Path) -> None:
     frozen = model_class("text2brain")(**{**tiny_init_args("text2brain", tiny_bert), **FROZEN})
     trained = model_class("text2brain")(**tiny_init_args("text2brain", tiny_bert))
-    data = make_data(data_files, tiny_bert)
+    data = tiny_datamodule(data_files, tiny_bert)
     data.setup()
     for model in (frozen, trained):
         model.set_space(data.space)
@@ -198,3 +185,26 @@ def test_no_cache_for_a_trained_encoder_or_when_switched_off(
 ) -> None:
     model, _ = fit("text2brain", data_files, tiny_bert, **overrides)
     assert model.text_cache is None
+
+
+def test_a_warning_of_every_batch_is_reported_once(tmp_path: Path) -> None:
+    import warnings
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        warnings.warn(f"{len(texts)} of {len(texts)} texts were truncated", stacklevel=2)
+        return torch.zeros(len(texts), 2)
+
+    lengths = [MAX_BATCH] * (3 * MAX_BATCH)  # 3 batches or more under the token budget
+    with pytest.warns(UserWarning) as caught:
+        open_or_build(
+            tmp_path,
+            "k",
+            [str(i) for i in range(len(lengths))],
+            2,
+            encode,
+            lambda t: lengths[: len(t)],
+            {},
+            progress=False,
+        )
+    messages = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    assert len(messages) == 1 and "more of" in messages[0]

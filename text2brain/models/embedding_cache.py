@@ -19,6 +19,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -140,14 +142,30 @@ def encode_texts(
     out: np.ndarray,
     progress: bool = True,
 ) -> None:
-    """Fill `out[i]` with `encode`'s vector of `texts[i]`, in length-sorted batches."""
+    """Fill `out[i]` with `encode`'s vector of `texts[i]`, in length-sorted batches.
+
+    Warnings that repeat batch after batch (texts cut at max_length) are reported once, with
+    how many batches raised them.
+    """
     from tqdm.auto import tqdm
 
     batches = length_batches(token_lengths)
-    with tqdm(total=len(texts), desc="embedding texts", unit="text", disable=not progress) as bar:
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        tqdm(total=len(texts), desc="embedding texts", unit="text", disable=not progress) as bar,
+    ):
+        warnings.simplefilter("always")
         for batch in batches:
             out[batch] = encode([texts[i] for i in batch]).float().cpu().numpy()
             bar.update(len(batch))
+    by_kind: dict[tuple[type[Warning], str], list[str]] = {}
+    for record in caught:
+        message = str(record.message)
+        kind = re.sub(r"\d+", "N", message)
+        by_kind.setdefault((record.category, kind), []).append(message)
+    for (category, _), messages in by_kind.items():
+        suffix = f" (and in {len(messages) - 1} more of {len(batches)} batches)"
+        warnings.warn(messages[0] + (suffix if len(messages) > 1 else ""), category, stacklevel=2)
 
 
 def open_or_build(
