@@ -40,6 +40,7 @@ import torch
 
 from text2brain import __version__
 from text2brain.models.formats import CHECKPOINT_FORMAT
+from text2brain.outputs import atomic_output, write_text
 
 #: Version of the export layout (model.json + model.safetensors).
 EXPORT_FORMAT = 1
@@ -147,7 +148,8 @@ def export_checkpoint(
 
     out.mkdir(parents=True, exist_ok=True)
     weights_path = out / WEIGHTS_NAME
-    save_file(tensors, weights_path, metadata={"format": FORMAT_NAME})
+    with atomic_output(weights_path) as tmp:
+        save_file(tensors, tmp, metadata={"format": FORMAT_NAME})
     config = {
         "format": FORMAT_NAME,
         "export_format": EXPORT_FORMAT,
@@ -164,7 +166,7 @@ def export_checkpoint(
         ),
         "source": _provenance(path, ckpt),
     }
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
+    write_text(out / CONFIG_NAME, json.dumps(config, indent=1) + "\n")
     return ExportSummary(
         out, len(tensors), len(base_keys), weights_path.stat().st_size, kept_float32
     )

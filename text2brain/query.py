@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from text2brain.outputs import atomic_output, write_text
+
 if TYPE_CHECKING:
     from text2brain.inference import Predictor
 
@@ -107,7 +109,8 @@ def write_query_maps(
                 raise ValueError(shifted) from err
             for query, stem, image in zip(batch, stems[start:], images, strict=False):
                 path = out_dir / f"{stem}.nii.gz"
-                image.to_filename(path)
+                with atomic_output(path) as tmp:
+                    image.to_filename(tmp)
                 written.append(path)
                 if png:
                     written.append(_write_png(image, query, out_dir / f"{stem}.png"))
@@ -117,7 +120,7 @@ def write_query_maps(
     finally:
         bar(0, close=True)
     index = out_dir / INDEX_FILE
-    with index.open("w", encoding="utf-8", newline="") as f:
+    with atomic_output(index) as tmp, tmp.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(["file", "query"])
         writer.writerows((f"{stem}.nii.gz", q) for stem, q in zip(stems, queries, strict=True))
@@ -160,7 +163,8 @@ def _write_png(image: Any, query: str, path: Path) -> Path:
         plotting.plot_glass_brain(
             image, figure=figure, title=_title(query), plot_abs=False, colorbar=True
         )
-        figure.savefig(path, dpi=100)
+        with atomic_output(path) as tmp:
+            figure.savefig(tmp, dpi=100)
     figure.clear()
     return path
 
@@ -176,8 +180,7 @@ def _write_html(image: Any, query: str, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_MASKED_PARTITION)
         view = plotting.view_img(image, title=_title(query))
-    path.write_text(view.get_standalone(), encoding="utf-8")
-    return path
+    return write_text(path, view.get_standalone())
 
 
 # -- command line --------------------------------------------------------------------------------

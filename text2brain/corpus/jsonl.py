@@ -38,6 +38,7 @@ import pandas as pd
 
 from text2brain.brain import BrainSpace
 from text2brain.corpus.base import Article, Corpus, SkipReport
+from text2brain.outputs import atomic_output
 from text2brain.text import split_sentences
 
 __all__ = ["load_jsonl_corpus", "write_jsonl_corpus", "normalize_keywords"]
@@ -224,7 +225,7 @@ def write_jsonl_corpus(corpus: Corpus, path: str | PathLike) -> Path:
         tables.setdefault(article_id, {}).setdefault(table_id, []).append(
             [float(x), float(y), float(z)]
         )
-    with path.open("w", encoding="utf-8") as f:
+    with atomic_output(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for article in corpus.articles:
             record: dict[str, Any] = {"id": article.id}
             if article.title:
