@@ -16,6 +16,12 @@ unique; the slug is the query, lowercased, other characters than a-z and 0-9 as 
 `queries.tsv` lists which file holds which query (slugs lose characters). Pictures are opt-in
 because rendering takes far longer than predicting.
 
+An output folder belongs to one run: a folder with a previous run's `queries.tsv` is refused
+unless `--overwrite` (its listed files are deleted first) or `--append` (new maps numbered
+after its own). Every file is written under a temporary name and renamed into place, and the
+index is rewritten after every map, so an interrupted or failing run leaves whole maps that
+its index lists.
+
 This module imports nothing heavy at import time: `text2brain --help` must stay instant.
 """
 
@@ -58,10 +64,10 @@ def slugify(text: str, max_length: int = SLUG_LENGTH) -> str:
     return slug[:max_length].rstrip("_") or "query"
 
 
-def file_stems(queries: Sequence[str]) -> list[str]:
-    """`000_slug`, `001_slug`, ...: input order, unique even when slugs collide."""
-    width = max(3, len(str(len(queries) - 1)))
-    return [f"{i:0{width}d}_{slugify(q)}" for i, q in enumerate(queries)]
+def file_stems(queries: Sequence[str], first: int = 0) -> list[str]:
+    """`000_slug`, `001_slug`, ... from `first` on: input order, unique even when slugs collide."""
+    width = max(3, len(str(first + len(queries) - 1)))
+    return [f"{i:0{width}d}_{slugify(q)}" for i, q in enumerate(queries, start=first)]
 
 
 def read_queries(source: str | Path) -> tuple[list[str], int]:
@@ -74,6 +80,89 @@ def read_queries(source: str | Path) -> tuple[list[str], int]:
     return queries, len(lines) - len(queries)
 
 
+#: How `write_query_maps` treats a folder that holds a previous run's index.
+EXISTING = ("refuse", "overwrite", "append")
+_MAP_NAME = re.compile(r"(\d{3,})_[a-z0-9_]+\.nii\.gz")
+
+
+def read_index(out_dir: str | Path) -> list[tuple[str, str]] | None:
+    """The (file, query) rows of the folder's queries.tsv, or None when it has none.
+
+    Raises ValueError when the file is not an index `write_query_maps` wrote, since its rows
+    name the files that --overwrite deletes.
+    """
+    index = Path(out_dir) / INDEX_FILE
+    if not index.is_file():
+        return None
+    try:
+        with index.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{str(index)!r} is not a text2brain query index: {err}") from err
+    bad = next(
+        (
+            n
+            for n, row in enumerate(rows[1:], 2)
+            if len(row) != 2 or not _MAP_NAME.fullmatch(row[0])
+        ),
+        None,
+    )
+    if not rows or rows[0] != ["file", "query"] or bad is not None:
+        where = f" (row {bad})" if bad is not None else ""
+        raise ValueError(
+            f"{str(index)!r} is not a text2brain query index{where}; move it away or choose "
+            "another output folder"
+        )
+    return [(row[0], row[1]) for row in rows[1:]]
+
+
+class FolderInUse(FileExistsError):
+    """The output folder holds a previous run's maps and neither overwrite nor append was asked.
+
+    `message` words the way out for the caller: API arguments or command-line flags.
+    """
+
+    def __init__(self, folder: Path, taken: Path | None = None) -> None:
+        self.folder, self.taken = folder, taken
+        super().__init__(self.message("existing='overwrite'", "existing='append'"))
+
+    def message(self, overwrite: str, append: str) -> str:
+        if self.taken is not None:
+            return (
+                f"{str(self.taken)!r} exists (in a folder without {INDEX_FILE}); pass "
+                f"{overwrite} to replace such files, or choose another folder"
+            )
+        return (
+            f"output folder {str(self.folder)!r} holds the maps of a previous run (listed in "
+            f"its {INDEX_FILE}); pass {overwrite} to replace them or {append} to add to them"
+        )
+
+
+def plan_outputs(
+    out_dir: Path, queries: Sequence[str], existing: str = "refuse"
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(previous run's index rows, file stems of the new maps), or FolderInUse before any write.
+
+    The new maps are numbered after the previous run's when appending; without an index, a
+    folder may hold other files but not one of the names about to be written (unless
+    overwriting).
+    """
+    if existing not in EXISTING:
+        raise ValueError(f"existing must be one of {list(EXISTING)}, got {existing!r}")
+    previous = read_index(out_dir)
+    if previous is not None and existing == "refuse":
+        raise FolderInUse(out_dir)
+    previous = previous or []
+    numbers = [int(_MAP_NAME.fullmatch(name)[1]) for name, _ in previous]
+    first = 0 if existing == "overwrite" else 1 + max(numbers, default=-1)
+    stems = file_stems(queries, first)
+    if existing != "overwrite":
+        taken = next((p for s in stems if (p := out_dir / f"{s}.nii.gz").exists()), None)
+        if taken is not None:
+            raise FolderInUse(out_dir, taken)
+    return previous, stems
+
+
 def write_query_maps(
     predictor: Predictor,
     queries: Sequence[str],
@@ -82,18 +171,34 @@ def write_query_maps(
     html: bool = False,
     batch_size: int = 64,
     progress: bool | None = None,
+    existing: str = "refuse",
 ) -> list[Path]:
     """Predict and write one map per query (plus PNG / HTML on request); returns the files.
 
     Queries are predicted batch by batch and written as they come, so memory stays at one
     batch of maps whatever the number of queries. `progress` None: a bar from 11 queries on.
+    The index (queries.tsv) is rewritten after every map, so it lists exactly the maps in the
+    folder even when the run stops half-way.
+
+    A folder holding a previous run's index is one run's output: `existing` "refuse" (default)
+    raises FileExistsError, "overwrite" first deletes the files that index lists, "append"
+    keeps them and numbers the new maps after theirs.
     """
     from text2brain.text import check_texts
 
     queries = check_texts(queries)
     out_dir = Path(out_dir)
+    previous, stems = plan_outputs(out_dir, queries, existing)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stems = file_stems(queries)
+    if existing == "overwrite":
+        for name, _ in previous:
+            stem = name.removesuffix(".nii.gz")
+            for suffix in (".nii.gz", ".png", ".html"):
+                (out_dir / f"{stem}{suffix}").unlink(missing_ok=True)
+        previous = []
+    rows = list(previous)
+    index = out_dir / INDEX_FILE
+    _write_index(index, rows)
     written: list[Path] = []
     show = len(queries) >= PROGRESS_FROM if progress is None else progress
     bar = _progress_bar(len(queries), show)
@@ -112,6 +217,8 @@ def write_query_maps(
                 with atomic_output(path) as tmp:
                     image.to_filename(tmp)
                 written.append(path)
+                rows.append((path.name, query))
+                _write_index(index, rows)
                 if png:
                     written.append(_write_png(image, query, out_dir / f"{stem}.png"))
                 if html:
@@ -119,13 +226,16 @@ def write_query_maps(
                 bar(1)
     finally:
         bar(0, close=True)
-    index = out_dir / INDEX_FILE
+    written.append(index)
+    return written
+
+
+def _write_index(index: Path, rows: Sequence[tuple[str, str]]) -> None:
+    """queries.tsv (file, query), replaced whole: a reader never sees half of it."""
     with atomic_output(index) as tmp, tmp.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(["file", "query"])
-        writer.writerows((f"{stem}.nii.gz", q) for stem, q in zip(stems, queries, strict=True))
-    written.append(index)
-    return written
+        writer.writerows(rows)
 
 
 def _progress_bar(total: int, show: bool) -> Callable[..., None]:
@@ -206,6 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "-o", "--out-dir", default=None, help="folder to write the maps to (no maps without it)"
+    )
+    owner = parser.add_mutually_exclusive_group()
+    owner.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="the output folder holds a previous run's maps: delete the files its queries.tsv "
+        "lists, then write",
+    )
+    owner.add_argument(
+        "--append",
+        action="store_true",
+        help="the output folder holds a previous run's maps: keep them, number the new maps "
+        "after theirs and extend queries.tsv",
     )
     parser.add_argument("--png", action="store_true", help="also write a glass-brain PNG")
     parser.add_argument("--html", action="store_true", help="also write an interactive HTML")
@@ -288,6 +411,14 @@ def query(argv: list[str] | None = None) -> None:
     out_dir = None if args.out_dir is None else Path(args.out_dir)
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         _fail(f"output folder {str(out_dir)!r} exists and is not a folder")
+    existing = "overwrite" if args.overwrite else "append" if args.append else "refuse"
+    if out_dir is not None and queries and out_dir.is_dir():
+        try:  # before the model loads: a refused folder should fail at once
+            plan_outputs(out_dir, queries, existing)
+        except FolderInUse as err:
+            _fail(err.message("--overwrite", "--append"))
+        except ValueError as err:
+            _fail(str(err))
 
     from text2brain.inference import load_predictor
 
@@ -295,7 +426,13 @@ def query(argv: list[str] | None = None) -> None:
         predictor = load_predictor(args.ckpt, device=args.device, precision=args.precision)
         if out_dir is not None and queries:
             written = write_query_maps(
-                predictor, queries, out_dir, args.png, args.html, args.batch_size
+                predictor,
+                queries,
+                out_dir,
+                args.png,
+                args.html,
+                args.batch_size,
+                existing=existing,
             )
             _report_maps(written, out_dir)
         if args.related and queries:
