@@ -444,7 +444,7 @@ def test_query_command_errors_exit_2_with_one_line(
 
 
 def _index(folder: Path) -> list[str]:
-    return (folder / "queries.tsv").read_text(encoding="utf-8").splitlines()
+    return (folder / "queries.tsv").read_text(encoding="utf-8").removesuffix("\n").split("\n")
 
 
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
@@ -519,3 +519,89 @@ def test_an_output_folder_has_one_owner(
     with pytest.raises(SystemExit):
         main([*run, "faces", "--overwrite"])
     assert "is not a text2brain query index (row 2)" in capsys.readouterr().err
+
+
+# -- queries: checked before any map ------------------------------------------------------------
+
+
+def test_bad_queries_are_all_named_before_any_map(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = [f"pain {i}" for i in range(100)]
+    lines[4], lines[80] = "pain\x00fear", "\x01\x02"
+    queries_file = tmp_path / "queries.txt"
+    queries_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "maps"
+    argv = ["query", "pain", "--queries-file", str(queries_file), "-o", str(out)]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--ckpt", str(checkpoint)])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err and "Traceback" not in err
+    assert "2 bad queries, nothing written" in err
+    assert f"{queries_file} line 5 ('pain\\x00fear') contains a NUL character" in err
+    assert f"{queries_file} line 81 ('\\x01\\x02') gives no tokens" in err
+    assert not out.exists()
+
+
+def test_queries_files_split_on_newlines_only(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_bytes("\ufeffpain\x0bfear\r\nmemory\u2028faces\x0c\n".encode())
+    second.write_text("attention\x85task\n", encoding="utf-8")
+    out = tmp_path / "maps"
+    main(
+        [
+            "query",
+            "--queries-file",
+            str(first),
+            str(second),
+            "--ckpt",
+            str(checkpoint),
+            "-o",
+            str(out),
+        ]
+    )
+    assert _index(out) == [
+        "file\tquery",
+        "000_pain_fear.nii.gz\tpain\x0bfear",
+        "001_memory_faces.nii.gz\tmemory\u2028faces",
+        "002_attention_task.nii.gz\tattention\x85task",
+    ]
+    (tmp_path / "latin1.txt").write_bytes("pain\nSchmerz \xfcber\n".encode("latin-1"))
+    with pytest.raises(SystemExit):
+        main(["query", "--queries-file", str(tmp_path / "latin1.txt"), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert "latin1.txt' is not UTF-8 text (line 2" in err
+
+
+def test_nul_in_a_text_is_refused(predictor: Predictor) -> None:
+    with pytest.raises(ValueError, match=r"texts\[1\] contains a NUL character"):
+        predictor.predict_vectors(["pain", "pain\x00"])
+
+
+def test_unknown_tokens_are_counted_and_warned(predictor: Predictor) -> None:
+    texts = ["😀🧠", "工作记忆", "working memory", "😀 pain", UNICODE_TEXT]
+    fractions = predictor.unknown_token_fraction(texts)
+    np.testing.assert_allclose(fractions[:4], [1.0, 1.0, 0.0, 0.5])
+    assert 0 < fractions[4] < 0.5
+    with pytest.warns(text2brain.inference.UnknownTokensWarning) as caught:
+        predictor.predict_vectors(texts)
+    message = str(caught[0].message)
+    assert "texts[0] ('😀🧠')" in message and "texts[1] ('工作记忆')" in message
+    assert "texts[2]" not in message and "texts[4]" not in message
+
+
+def test_query_command_warns_about_unknown_tokens_or_refuses_them(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "maps"
+    argv = ["query", "pain", "😀🧠", "--ckpt", str(checkpoint), "-o", str(out)]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--strict"])
+    assert info.value.code == 2 and not out.exists()
+    assert "query 2 ('😀🧠') has 1 of its 1 tokens unknown" in capsys.readouterr().err
+    main(argv)
+    err = capsys.readouterr().err
+    assert "text2brain query: warning: query 2 ('😀🧠') has 1 of its 1 tokens unknown" in err
+    assert err.count("warning") == 1 and len(_index(out)) == 3

@@ -59,7 +59,8 @@ def slugify(text: str, max_length: int = SLUG_LENGTH) -> str:
     Accents are dropped rather than replaced ("über" -> "uber") so names stay readable; a query
     with no ASCII letter or digit becomes "query" (the number prefix keeps names unique).
     """
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    spaced = " ".join(text.split())  # any whitespace separates words (U+2028 too)
+    ascii_text = unicodedata.normalize("NFKD", spaced).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")
     return slug[:max_length].rstrip("_") or "query"
 
@@ -70,14 +71,85 @@ def file_stems(queries: Sequence[str], first: int = 0) -> list[str]:
     return [f"{i:0{width}d}_{slugify(q)}" for i, q in enumerate(queries, start=first)]
 
 
-def read_queries(source: str | Path) -> tuple[list[str], int]:
-    """Queries of a UTF-8 file (or stdin for "-"), one a line; returns (queries, blank lines)."""
+def read_queries(source: str | Path) -> tuple[list[tuple[int, str]], int]:
+    """(line number, query) of a UTF-8 file (or stdin for "-"), and the number of blank lines.
+
+    Lines end at "\\n" or "\\r\\n" only: other characters that `str.splitlines` breaks at
+    (form feed, U+2028, ...) belong to the query. A UTF-8 byte order mark is skipped; text that
+    is not UTF-8 is an error naming the file and the line.
+    """
     if str(source) == "-":
-        lines = sys.stdin.read().splitlines()
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
     else:
-        lines = Path(source).read_text(encoding="utf-8").splitlines()
-    queries = [line.strip() for line in lines if line.strip()]
+        data = Path(source).read_bytes()
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(b"\n") + 1
+            raise ValueError(
+                f"queries file {str(source)!r} is not UTF-8 text (line {line}: {err.reason}); "
+                "save it as UTF-8"
+            ) from err
+    lines = data.split("\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the end of the last line
+    queries = [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()]
     return queries, len(lines) - len(queries)
+
+
+def check_queries(
+    predictor: Predictor,
+    queries: Sequence[str],
+    labels: Sequence[str] = (),
+    strict: bool = False,
+) -> list[str]:
+    """Check every query before any map is written; warnings (one line each) to show.
+
+    Raises ValueError listing every bad query by its label (default texts[i]) and text:
+    empty, with a NUL character, without tokens, or (with `strict`) mostly tokens unknown to
+    the tokenizer, which otherwise is a warning.
+    """
+    from text2brain.inference import MOSTLY_UNKNOWN
+    from text2brain.text import quoted
+
+    names = list(labels) or [f"texts[{i}]" for i in range(len(queries))]
+    problems = {}
+    for i, text in enumerate(queries):
+        if not isinstance(text, str):
+            raise TypeError(f"{names[i]} must be a str, got {type(text).__name__}")
+        if not text.strip():
+            problems[i] = "is empty or whitespace-only"
+        elif "\x00" in text:
+            problems[i] = "contains a NUL character (a binary file?)"
+    rest = [i for i in range(len(queries)) if i not in problems]
+    counts = predictor.token_counts([queries[i] for i in rest]) if rest else None
+    warned = []
+    for i, (words, unknown) in zip(rest, counts or [], strict=counts is not None):
+        if not words:
+            problems[i] = "gives no tokens (only control or special characters?)"
+        elif unknown / words >= MOSTLY_UNKNOWN:
+            why = f"has {unknown} of its {words} tokens unknown to the tokenizer ([UNK])"
+            if strict:
+                problems[i] = f"{why} (strict)"
+            else:
+                warned.append(
+                    f"{names[i]} ({quoted(queries[i])}) {why}: its map says little about it"
+                )
+    if problems:
+        listed = [f"{names[i]} ({quoted(queries[i])}) {why}" for i, why in sorted(problems.items())]
+        shown = listed[:_LISTED] + (
+            [f"and {len(listed) - _LISTED} more"] if len(listed) > _LISTED else []
+        )
+        raise ValueError(
+            f"{len(problems)} bad quer{'y' if len(problems) == 1 else 'ies'}, nothing written: "
+            + "; ".join(shown)
+        )
+    return warned
+
+
+#: Bad queries listed in one error message.
+_LISTED = 10
 
 
 #: How `write_query_maps` treats a folder that holds a previous run's index.
@@ -172,6 +244,7 @@ def write_query_maps(
     batch_size: int = 64,
     progress: bool | None = None,
     existing: str = "refuse",
+    strict: bool = False,
 ) -> list[Path]:
     """Predict and write one map per query (plus PNG / HTML on request); returns the files.
 
@@ -183,12 +256,20 @@ def write_query_maps(
     A folder holding a previous run's index is one run's output: `existing` "refuse" (default)
     raises FileExistsError, "overwrite" first deletes the files that index lists, "append"
     keeps them and numbers the new maps after theirs.
+
+    Every query is checked before any map is written (`check_queries`: ValueError listing
+    them all); queries of mostly unknown tokens get one `UnknownTokensWarning`, or fail the
+    check under `strict`.
     """
+    from text2brain.inference import UnknownTokensWarning
     from text2brain.text import check_texts
 
     queries = check_texts(queries)
     out_dir = Path(out_dir)
     previous, stems = plan_outputs(out_dir, queries, existing)
+    unknown = check_queries(predictor, queries, strict=strict)
+    if unknown:
+        warnings.warn("; ".join(unknown), UnknownTokensWarning, stacklevel=2)
     out_dir.mkdir(parents=True, exist_ok=True)
     if existing == "overwrite":
         for name, _ in previous:
@@ -206,7 +287,9 @@ def write_query_maps(
         for start in range(0, len(queries), batch_size):
             batch = queries[start : start + batch_size]
             try:
-                images = predictor.predict_maps(batch, batch_size=batch_size)
+                with warnings.catch_warnings():  # warned above, for all queries at once
+                    warnings.simplefilter("ignore", UnknownTokensWarning)
+                    images = predictor.predict_maps(batch, batch_size=batch_size)
             except ValueError as err:  # "texts[i]" counts within this batch
                 shifted = re.sub(
                     r"texts\[(\d+)\]", lambda m, s=start: f"texts[{s + int(m[1])}]", str(err)
@@ -306,8 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("queries", nargs="*", metavar="QUERY", help="text queries")
     parser.add_argument(
         "--queries-file",
+        nargs="+",
+        action="extend",
+        default=[],
         metavar="FILE",
-        help="more queries, one a line (UTF-8; blank lines skipped; - reads stdin)",
+        help="files of more queries, one a line (UTF-8; blank lines skipped; - reads stdin)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse queries made mostly of tokens unknown to the tokenizer (default: warn)",
     )
     parser.add_argument(
         "--ckpt",
@@ -387,17 +478,16 @@ def query(argv: list[str] | None = None) -> None:
     """`text2brain query` (the `COMMANDS` entry of text2brain.cli)."""
     args = build_parser().parse_args(argv)
     queries = list(args.queries)
-    for i, text in enumerate(queries):
-        if not text.strip():
-            _fail(f"query {i + 1} ({text!r}) is empty or whitespace-only")
-    if args.queries_file is not None:
+    labels = [f"query {i}" for i in range(1, len(queries) + 1)]
+    for source in args.queries_file:
         try:
-            from_file, blank = read_queries(args.queries_file)
-        except (OSError, UnicodeDecodeError) as err:
-            _fail(f"cannot read queries file {args.queries_file!r}: {err}")
+            from_file, blank = read_queries(source)
+        except (OSError, ValueError) as err:
+            _fail(f"cannot read queries file {source!r}: {err}")
         if blank:
-            print(f"skipped {blank} blank line(s) in {args.queries_file}", file=sys.stderr)
-        queries += from_file
+            print(f"skipped {blank} blank line(s) in {source}", file=sys.stderr)
+        queries += [text for _, text in from_file]
+        labels += [f"{source} line {n}" for n, _ in from_file]
     if not queries and not args.describe:
         _fail(
             "no query given: pass queries as arguments or with --queries-file (or maps to "
@@ -420,24 +510,29 @@ def query(argv: list[str] | None = None) -> None:
         except ValueError as err:
             _fail(str(err))
 
-    from text2brain.inference import load_predictor
+    from text2brain.inference import UnknownTokensWarning, load_predictor
 
     try:
         predictor = load_predictor(args.ckpt, device=args.device, precision=args.precision)
-        if out_dir is not None and queries:
-            written = write_query_maps(
-                predictor,
-                queries,
-                out_dir,
-                args.png,
-                args.html,
-                args.batch_size,
-                existing=existing,
-            )
-            _report_maps(written, out_dir)
-        if args.related and queries:
-            found = [(q, predictor.related_articles(q, args.top)) for q in queries]
-            print_articles(found, "query")
+        for line in check_queries(predictor, queries, labels, args.strict):  # all at once
+            print(f"text2brain query: warning: {line}", file=sys.stderr)
+        with warnings.catch_warnings():  # the lines above said it, naming files and lines
+            warnings.simplefilter("ignore", UnknownTokensWarning)
+            if out_dir is not None and queries:
+                written = write_query_maps(
+                    predictor,
+                    queries,
+                    out_dir,
+                    args.png,
+                    args.html,
+                    args.batch_size,
+                    existing=existing,
+                    strict=args.strict,
+                )
+                _report_maps(written, out_dir)
+            if args.related and queries:
+                found = [(q, predictor.related_articles(q, args.top)) for q in queries]
+                print_articles(found, "query")
         if args.describe:
             found = [(m, predictor.describe_map(m, args.top)) for m in args.describe]
             print_articles(found, "map")
