@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from text2brain.errors import add_debug_option
 from text2brain.outputs import atomic_output, write_text
 
 if TYPE_CHECKING:
@@ -443,6 +444,7 @@ def compare(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--wandb-group", default=None, help="also log the table and figures to wandb"
     )
+    add_debug_option(parser)
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)

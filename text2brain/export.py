@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from typing import Any
 import torch
 
 from text2brain import __version__
+from text2brain.errors import add_debug_option
 from text2brain.models.formats import CHECKPOINT_FORMAT
 from text2brain.outputs import atomic_output, write_text
 
@@ -337,12 +337,12 @@ def export(argv: list[str] | None = None) -> None:
         help="also store text-encoder weights equal to the installed base encoder's",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    add_debug_option(parser)
     args = parser.parse_args(argv)
     try:
         summary = export_checkpoint(
             args.checkpoint, args.out_dir, args.dtype, args.keep_base_encoder, args.overwrite
         )
-    except (OSError, ValueError) as err:
-        print(f"text2brain export: error: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(2)
+    except FileExistsError as err:  # worded for the command line
+        raise FileExistsError(str(err).replace("overwrite=True", "--overwrite")) from err
     print(summary.describe())

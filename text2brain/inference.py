@@ -530,8 +530,12 @@ class Predictor:
         """
         method = self._retrieval("describe_maps", "describe a map")
         vector = torch.from_numpy(self.space.from_nifti_image(image))
-        with torch.inference_mode(), self._autocast():
-            return method(vector.unsqueeze(0), k)[0]
+        try:
+            with torch.inference_mode(), self._autocast():
+                return method(vector.unsqueeze(0), k)[0]
+        except ValueError as err:  # "maps[0] has NaN ...": name the map, as from_nifti_image
+            name = f"{str(image)!r}" if isinstance(image, (str, os.PathLike)) else "the image"
+            raise ValueError(str(err).replace("maps[0]", name)) from err
 
     def _retrieval(self, name: str, what: str) -> Any:
         method = getattr(self.model, name, None)

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from text2brain.errors import add_debug_option
 from text2brain.outputs import atomic_output, write_text
 
 if TYPE_CHECKING:
@@ -455,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (default: bf16 autocast on GPUs and CPUs with native bf16, fp16 on older "
         "CUDA GPUs, else fp32), fp32, or bf16/fp16 autocast (fp16 needs CUDA)",
     )
+    add_debug_option(parser)
     return parser
 
 
@@ -512,32 +514,29 @@ def query(argv: list[str] | None = None) -> None:
 
     from text2brain.inference import UnknownTokensWarning, load_predictor
 
-    try:
-        predictor = load_predictor(args.ckpt, device=args.device, precision=args.precision)
-        for line in check_queries(predictor, queries, labels, args.strict):  # all at once
-            print(f"text2brain query: warning: {line}", file=sys.stderr)
-        with warnings.catch_warnings():  # the lines above said it, naming files and lines
-            warnings.simplefilter("ignore", UnknownTokensWarning)
-            if out_dir is not None and queries:
-                written = write_query_maps(
-                    predictor,
-                    queries,
-                    out_dir,
-                    args.png,
-                    args.html,
-                    args.batch_size,
-                    existing=existing,
-                    strict=args.strict,
-                )
-                _report_maps(written, out_dir)
-            if args.related and queries:
-                found = [(q, predictor.related_articles(q, args.top)) for q in queries]
-                print_articles(found, "query")
-        if args.describe:
-            found = [(m, predictor.describe_map(m, args.top)) for m in args.describe]
-            print_articles(found, "map")
-    except (OSError, ValueError, TypeError) as err:
-        _fail(str(err))
+    predictor = load_predictor(args.ckpt, device=args.device, precision=args.precision)
+    for line in check_queries(predictor, queries, labels, args.strict):  # all at once
+        print(f"text2brain query: warning: {line}", file=sys.stderr)
+    with warnings.catch_warnings():  # the lines above said it, naming files and lines
+        warnings.simplefilter("ignore", UnknownTokensWarning)
+        if out_dir is not None and queries:
+            written = write_query_maps(
+                predictor,
+                queries,
+                out_dir,
+                args.png,
+                args.html,
+                args.batch_size,
+                existing=existing,
+                strict=args.strict,
+            )
+            _report_maps(written, out_dir)
+        if args.related and queries:
+            found = [(q, predictor.related_articles(q, args.top)) for q in queries]
+            print_articles(found, "query")
+    if args.describe:
+        found = [(m, predictor.describe_map(m, args.top)) for m in args.describe]
+        print_articles(found, "map")
 
 
 #: Columns of the article tables that --related and --describe print (after the query / map).
