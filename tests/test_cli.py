@@ -637,3 +637,21 @@ def test_resumed_fit_continues_the_wandb_run(
         assert resumed.trainer.logger.version == run_id
     finally:
         wandb.finish()
+
+
+def test_user_errors_are_one_line_unless_debugging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "latin1.jsonl"
+    corpus.write_bytes('{"id": "1", "title": "Schmerz über"}\n'.encode("latin-1"))
+    argv = ["prepare", "--corpus", str(corpus)]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err and "Traceback" not in err
+    assert err.startswith(f"text2brain prepare: error: JSONL corpus '{corpus}' is not UTF-8")
+    with pytest.raises(ValueError, match="is not UTF-8"):
+        main([*argv, "--debug"])
+    monkeypatch.setenv("TEXT2BRAIN_DEBUG", "1")
+    with pytest.raises(ValueError, match="is not UTF-8"):
+        main(argv)

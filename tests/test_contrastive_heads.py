@@ -532,3 +532,31 @@ def test_curvature_collapse_is_warned_once(tiny_bert: Path) -> None:
         model.on_train_batch_end(None, None, 1)
     assert len(caught) == 1
     assert "curvature reached its lower bound c = 0.1" in str(caught[0].message)
+
+
+def test_describe_errors_name_the_file(
+    fitted: dict[str, dict[str, Any]],
+    predictors: dict[str, Predictor],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    space = predictors["clip"].space
+    good = space.to_nifti(fitted["clip"]["model"].bank.maps[0].float().numpy())
+    volume = np.asarray(good.dataobj)
+    files = {
+        "good.nii.gz": good,
+        "also_good.nii.gz": good,
+        "nan.nii.gz": nib.Nifti1Image(
+            np.where(space.mask, np.nan, 0).astype(np.float32), space.affine
+        ),
+        "two.nii.gz": nib.Nifti1Image(np.stack([volume, volume], axis=-1), space.affine),
+    }
+    for name, image in files.items():
+        image.to_filename(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    run = ["query", "--ckpt", str(fitted["clip"]["path"]), "--describe"]
+    good_files = [str(tmp_path / "good.nii.gz"), str(tmp_path / "also_good.nii.gz")]
+    nan_file, two, notes = (str(tmp_path / n) for n in ("nan.nii.gz", "two.nii.gz", "notes.txt"))
+    assert_exits_with([*run, *good_files, nan_file], f"'{nan_file}' has NaN", capsys)
+    assert_exits_with([*run, two], f"'{two}' holds 2 volumes", capsys)
+    assert_exits_with([*run, notes], f"'{notes}' is not a readable NIfTI image", capsys)

@@ -136,7 +136,8 @@ def test_load_jsonl_keeps_good_records_and_counts_the_rest(tmp_path: Path, space
         "1 records without an id",
         "1 records with an already seen id",
         "1 tables without peaks",
-        "2 peak rows with non-numeric or non-finite coordinates",
+        "1 peak rows with non-numeric or non-finite coordinates",
+        "1 malformed peaks (not a list of three numbers [x, y, z])",
         "1 duplicate peaks within a table",
         "1 peaks outside the brain grid",
         "1 articles without any peak inside the brain mask",
@@ -187,6 +188,58 @@ def test_load_jsonl_whole_file_errors(tmp_path: Path, space) -> None:
     empty.write_text("\n\n", encoding="utf-8")
     with pytest.raises(ValueError, match="empty"):
         load_jsonl_corpus(empty, space)
+
+
+def test_jsonl_bad_bytes_and_fields_are_named(tmp_path: Path, space) -> None:
+    good = {"id": "1", "title": "Working memory", "tables": [{"peaks": [[0, 0, 0]]}]}
+    bom = tmp_path / "bom.jsonl"
+    bom.write_text("\ufeff" + json.dumps(good) + "\n", encoding="utf-8")
+    assert load_jsonl_corpus(bom, space).ids == ["1"]  # a Windows editor's BOM: kept
+
+    latin1 = tmp_path / "latin1.jsonl"
+    second = json.dumps({**good, "id": "2", "title": "Schmerz über"}, ensure_ascii=False)
+    latin1.write_bytes((json.dumps(good) + "\n" + second + "\n").encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.jsonl' is not UTF-8 text \(line 2, byte 31"):
+        load_jsonl_corpus(latin1, space)
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match=r"binary.jsonl' is not UTF-8 text \(line 2, byte 118"):
+        load_jsonl_corpus(binary, space)
+
+    fields = tmp_path / "fields.jsonl"
+    records = [
+        {"id": "1", "title": ["a", "b"], "tables": [{"peaks": [[0, 0, 0]]}]},
+        {"id": "2", "tables": [{"peaks": [["10", "20", "30"], [0, 4, 0]]}]},
+        {
+            "id": "3",
+            "tables": [
+                {"table_id": "t1", "peaks": [[0, 0, 0]]},
+                {"table_id": "t1", "peaks": [[4, 4, 4]]},
+            ],
+        },
+    ]
+    fields.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning) as rec:
+        corpus = load_jsonl_corpus(fields, space)
+    message = _single_warning(rec)
+    assert "1 records whose 'title' is not a string (left empty)" in message
+    assert "1 malformed peaks (not a list of three numbers [x, y, z])" in message
+    assert "1 tables whose table_id repeats" in message
+    assert "first: article '3', table_id 't1', line 3" in message
+    assert corpus.articles[0].title == ""
+    assert corpus.coordinates[["id", "x", "y", "z"]].values.tolist() == [
+        ["1", 0, 0, 0],
+        ["2", 0, 4, 0],
+        ["3", 0, 0, 0],
+    ]
+
+
+def test_pubget_csv_that_is_not_utf8_is_named(tmp_path: Path, space) -> None:
+    data = _write_pubget(tmp_path)
+    text = data / "text.csv"
+    text.write_bytes(text.read_bytes() + "505,Schmerz \xfcber,,,\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"text.csv' is not a readable CSV file \(line \d+ is"):
+        load_pubget_corpus(data, space)
 
 
 def test_jsonl_round_trip(tmp_path: Path, space) -> None:

@@ -163,6 +163,14 @@ def test_export_and_query_commands(
     main(["export", str(frozen_checkpoint), "-o", str(tmp_path / "export")])
     out = capsys.readouterr().out
     assert "base-encoder tensors left out" in out and WEIGHTS_NAME in out
+    export = tmp_path / "export"
+    assert sorted(p.name for p in export.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    modes = {(export / name).stat().st_mode & 0o777 for name in (CONFIG_NAME, WEIGHTS_NAME)}
+    assert len(modes) == 1  # safetensors alone writes 0600: both follow the umask
+    with pytest.raises(SystemExit):
+        main(["export", str(frozen_checkpoint), "-o", str(export)])
+    err = capsys.readouterr().err
+    assert "already holds an export; pass --overwrite" in err and "overwrite=True" not in err
     main(["query", "working memory", "--ckpt", str(tmp_path / "export"), "-o", str(tmp_path)])
     assert (tmp_path / "000_working_memory.nii.gz").is_file()
     with pytest.raises(SystemExit) as exit_info:

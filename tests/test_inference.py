@@ -438,3 +438,170 @@ def test_query_command_errors_exit_2_with_one_line(
     assert err.startswith("text2brain query: error: ") and "\n" not in err
     assert "Traceback" not in err
     assert re.search(message, err), err
+
+
+# -- output folders ----------------------------------------------------------------------------
+
+
+def _index(folder: Path) -> list[str]:
+    return (folder / "queries.tsv").read_text(encoding="utf-8").removesuffix("\n").split("\n")
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_run_that_stops_leaves_whole_maps_and_their_index(
+    tmp_path: Path,
+    checkpoint: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: BaseException,
+) -> None:
+    write = nib.Nifti1Image.to_filename
+    calls = []
+
+    def failing_write(image: nib.Nifti1Image, filename: Any, **kwargs: Any) -> None:
+        calls.append(filename)
+        if len(calls) == 3:  # half a file, then the disk is full / Ctrl-C
+            Path(filename).write_bytes(b"\x1f\x8b\x08")
+            raise error
+        write(image, filename, **kwargs)
+
+    monkeypatch.setattr(nib.Nifti1Image, "to_filename", failing_write)
+    out = tmp_path / "maps"
+    argv = ["query", "pain", "fear", "memory", "faces", "--ckpt", str(checkpoint), "-o", str(out)]
+    with pytest.raises(type(error) if isinstance(error, KeyboardInterrupt) else SystemExit):
+        main(argv)
+    if isinstance(error, OSError):
+        err = capsys.readouterr().err
+        assert "cannot write" in err and "002_memory.nii.gz': No space left on device" in err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "000_pain.nii.gz",
+        "001_fear.nii.gz",
+        "queries.tsv",
+    ]
+    assert _index(out) == ["file\tquery", "000_pain.nii.gz\tpain", "001_fear.nii.gz\tfear"]
+    for name in ("000_pain.nii.gz", "001_fear.nii.gz"):
+        nib.load(out / name).get_fdata()  # whole files
+
+
+def test_an_output_folder_has_one_owner(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "maps"
+    run = ["query", "--ckpt", str(checkpoint), "-o", str(out)]
+    main([*run, "pain", "fear", "--png"])
+    capsys.readouterr()
+    before = (out / "000_pain.nii.gz").read_bytes()
+    with pytest.raises(SystemExit) as info:
+        main([*run, "memory"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err
+    assert f"'{out}'" in err and "--overwrite" in err and "--append" in err
+    assert (out / "000_pain.nii.gz").read_bytes() == before
+
+    main([*run, "memory", "--append"])
+    assert _index(out) == [
+        "file\tquery",
+        "000_pain.nii.gz\tpain",
+        "001_fear.nii.gz\tfear",
+        "002_memory.nii.gz\tmemory",
+    ]
+    main([*run, "faces", "--overwrite"])
+    assert sorted(p.name for p in out.iterdir()) == ["000_faces.nii.gz", "queries.tsv"]
+    assert _index(out) == ["file\tquery", "000_faces.nii.gz\tfaces"]
+
+    (out / "queries.tsv").unlink()  # a folder of maps without an index: no silent overwrite
+    with pytest.raises(SystemExit):
+        main([*run, "faces"])
+    assert "000_faces.nii.gz' exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*run, "faces", "--append", "--overwrite"])
+    (out / "queries.tsv").write_text("file\tquery\n../../etc/passwd\tx\n", encoding="utf-8")
+    with pytest.raises(SystemExit):
+        main([*run, "faces", "--overwrite"])
+    assert "is not a text2brain query index (row 2)" in capsys.readouterr().err
+
+
+# -- queries: checked before any map ------------------------------------------------------------
+
+
+def test_bad_queries_are_all_named_before_any_map(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = [f"pain {i}" for i in range(100)]
+    lines[4], lines[80] = "pain\x00fear", "\x01\x02"
+    queries_file = tmp_path / "queries.txt"
+    queries_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "maps"
+    argv = ["query", "pain", "--queries-file", str(queries_file), "-o", str(out)]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--ckpt", str(checkpoint)])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err and "Traceback" not in err
+    assert "2 bad queries, nothing written" in err
+    assert f"{queries_file} line 5 ('pain\\x00fear') contains a NUL character" in err
+    assert f"{queries_file} line 81 ('\\x01\\x02') gives no tokens" in err
+    assert not out.exists()
+
+
+def test_queries_files_split_on_newlines_only(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_bytes("\ufeffpain\x0bfear\r\nmemory\u2028faces\x0c\n".encode())
+    second.write_text("attention\x85task\n", encoding="utf-8")
+    out = tmp_path / "maps"
+    main(
+        [
+            "query",
+            "--queries-file",
+            str(first),
+            str(second),
+            "--ckpt",
+            str(checkpoint),
+            "-o",
+            str(out),
+        ]
+    )
+    assert _index(out) == [
+        "file\tquery",
+        "000_pain_fear.nii.gz\tpain\x0bfear",
+        "001_memory_faces.nii.gz\tmemory\u2028faces",
+        "002_attention_task.nii.gz\tattention\x85task",
+    ]
+    (tmp_path / "latin1.txt").write_bytes("pain\nSchmerz \xfcber\n".encode("latin-1"))
+    with pytest.raises(SystemExit):
+        main(["query", "--queries-file", str(tmp_path / "latin1.txt"), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert "latin1.txt' is not UTF-8 text (line 2" in err
+
+
+def test_nul_in_a_text_is_refused(predictor: Predictor) -> None:
+    with pytest.raises(ValueError, match=r"texts\[1\] contains a NUL character"):
+        predictor.predict_vectors(["pain", "pain\x00"])
+
+
+def test_unknown_tokens_are_counted_and_warned(predictor: Predictor) -> None:
+    texts = ["😀🧠", "工作记忆", "working memory", "😀 pain", UNICODE_TEXT]
+    fractions = predictor.unknown_token_fraction(texts)
+    np.testing.assert_allclose(fractions[:4], [1.0, 1.0, 0.0, 0.5])
+    assert 0 < fractions[4] < 0.5
+    with pytest.warns(text2brain.inference.UnknownTokensWarning) as caught:
+        predictor.predict_vectors(texts)
+    message = str(caught[0].message)
+    assert "texts[0] ('😀🧠')" in message and "texts[1] ('工作记忆')" in message
+    assert "texts[2]" not in message and "texts[4]" not in message
+
+
+def test_query_command_warns_about_unknown_tokens_or_refuses_them(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "maps"
+    argv = ["query", "pain", "😀🧠", "--ckpt", str(checkpoint), "-o", str(out)]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--strict"])
+    assert info.value.code == 2 and not out.exists()
+    assert "query 2 ('😀🧠') has 1 of its 1 tokens unknown" in capsys.readouterr().err
+    main(argv)
+    err = capsys.readouterr().err
+    assert "text2brain query: warning: query 2 ('😀🧠') has 1 of its 1 tokens unknown" in err
+    assert err.count("warning") == 1 and len(_index(out)) == 3

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import nibabel as nib
 import numpy as np
 import torch
+from nibabel.filebasedimages import ImageFileError
 
 if TYPE_CHECKING:  # imported where peaks are rendered: predicting maps does not need pandas
     import pandas as pd
@@ -149,16 +150,32 @@ class BrainSpace:
         return img
 
     def from_nifti_image(self, image: str | PathLike | nib.Nifti1Image) -> np.ndarray:
-        """A NIfTI map on this grid -> masked float32 vector; another grid is an error."""
-        img = nib.load(image) if isinstance(image, (str, PathLike)) else image
-        data = np.asarray(img.get_fdata(dtype=np.float32))
+        """A NIfTI map on this grid -> masked float32 vector; another grid is an error.
+
+        Every error is a ValueError naming the file (a missing file: FileNotFoundError).
+        """
+        name = f"{str(image)!r}" if isinstance(image, (str, PathLike)) else "the image"
+        try:
+            img = nib.load(image) if isinstance(image, (str, PathLike)) else image
+            data = np.asarray(img.get_fdata(dtype=np.float32))
+        except FileNotFoundError:
+            raise
+        except (ImageFileError, OSError, EOFError, ValueError) as err:
+            reason = " ".join(str(err).split())[:200] or type(err).__name__
+            raise ValueError(f"{name} is not a readable NIfTI image ({reason})") from err
         if data.ndim == 4 and data.shape[3] == 1:
             data = data[..., 0]
-        if data.shape != self.shape or not np.allclose(img.affine, self.affine, atol=1e-3):
+        if data.ndim == 4:
             raise ValueError(
-                f"image grid {data.shape} with affine {img.affine.tolist()} does not match this "
-                f"space ({self.shape}, affine {self.affine.tolist()}); resample it first, e.g. "
-                "nilearn.image.resample_to_img(img, space_mask_img)"
+                f"{name} holds {data.shape[3]} volumes (a 4-D series); pass one 3-D map, e.g. "
+                "nilearn.image.index_img(img, 0)"
+            )
+        if data.shape != self.shape or not np.allclose(img.affine, self.affine, atol=1e-3):
+            where = "" if name == "the image" else f"{name}: "
+            raise ValueError(
+                f"{where}image grid {data.shape} with affine {img.affine.tolist()} does not "
+                f"match this space ({self.shape}, affine {self.affine.tolist()}); resample it "
+                "first, e.g. nilearn.image.resample_to_img(img, space_mask_img)"
             )
         return self.to_vector(data)
 

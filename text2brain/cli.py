@@ -15,6 +15,7 @@ import argparse
 import sys
 import time
 
+from text2brain.errors import add_debug_option, run_command
 from text2brain.query import query
 
 
@@ -39,6 +40,7 @@ def prepare(argv: list[str]) -> None:
     )
     parser.add_argument("--split-file", default=None, help="split JSON to use or create")
     parser.add_argument("--fwhm", type=float, default=9.0)
+    add_debug_option(parser)
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     if command in LIGHTNING_COMMANDS:
         lightning(argv)
     elif command in COMMANDS:
-        COMMANDS[command](argv[1:])
+        run_command(command, COMMANDS[command], argv[1:])
     elif command in ("-h", "--help"):
         print(usage())
     else:

@@ -47,6 +47,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from text2brain.errors import add_debug_option
+from text2brain.outputs import atomic_output, write_text
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
@@ -395,14 +398,17 @@ def run_comparison(spec: Mapping[str, Any], wandb_group: str | None = None) -> d
         "dice_curves.png": out_dir / "dice_curves.png",
         "queries.png": out_dir / "queries.png",
     }
-    table.to_csv(paths["results.csv"], index=False)
-    paths["results.md"].write_text(markdown_table(table), encoding="utf-8")
-    per_article_table(scores, ids, texts).to_csv(paths["per_article.csv"], index=False)
+    with atomic_output(paths["results.csv"]) as tmp:
+        table.to_csv(tmp, index=False)
+    write_text(paths["results.md"], markdown_table(table))
+    with atomic_output(paths["per_article.csv"]) as tmp:
+        per_article_table(scores, ids, texts).to_csv(tmp, index=False)
     for key, figure in (
         ("dice_curves.png", dice_curve_figure(scores)),
         ("queries.png", query_panel_figure(predictors, spec["queries"])),
     ):
-        figure.savefig(paths[key], bbox_inches="tight")
+        with atomic_output(paths[key]) as tmp:
+            figure.savefig(tmp, bbox_inches="tight")
         figure.clear()
     if wandb_group:
         log_to_wandb(wandb_group, table, paths)
@@ -438,6 +444,7 @@ def compare(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--wandb-group", default=None, help="also log the table and figures to wandb"
     )
+    add_debug_option(parser)
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)

@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,9 @@ from typing import Any
 import torch
 
 from text2brain import __version__
+from text2brain.errors import add_debug_option
 from text2brain.models.formats import CHECKPOINT_FORMAT
+from text2brain.outputs import atomic_output, write_text
 
 #: Version of the export layout (model.json + model.safetensors).
 EXPORT_FORMAT = 1
@@ -147,7 +148,8 @@ def export_checkpoint(
 
     out.mkdir(parents=True, exist_ok=True)
     weights_path = out / WEIGHTS_NAME
-    save_file(tensors, weights_path, metadata={"format": FORMAT_NAME})
+    with atomic_output(weights_path) as tmp:
+        save_file(tensors, tmp, metadata={"format": FORMAT_NAME})
     config = {
         "format": FORMAT_NAME,
         "export_format": EXPORT_FORMAT,
@@ -164,7 +166,7 @@ def export_checkpoint(
         ),
         "source": _provenance(path, ckpt),
     }
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
+    write_text(out / CONFIG_NAME, json.dumps(config, indent=1) + "\n")
     return ExportSummary(
         out, len(tensors), len(base_keys), weights_path.stat().st_size, kept_float32
     )
@@ -335,12 +337,12 @@ def export(argv: list[str] | None = None) -> None:
         help="also store text-encoder weights equal to the installed base encoder's",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    add_debug_option(parser)
     args = parser.parse_args(argv)
     try:
         summary = export_checkpoint(
             args.checkpoint, args.out_dir, args.dtype, args.keep_base_encoder, args.overwrite
         )
-    except (OSError, ValueError) as err:
-        print(f"text2brain export: error: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(2)
+    except FileExistsError as err:  # worded for the command line
+        raise FileExistsError(str(err).replace("overwrite=True", "--overwrite")) from err
     print(summary.describe())

@@ -39,7 +39,7 @@ from text2brain import precision as precisions
 from text2brain.brain import BrainSpace
 from text2brain.models.formats import upgrade_checkpoint
 from text2brain.models.head import BrainMapHead
-from text2brain.text import check_texts
+from text2brain.text import check_texts, quoted
 
 if TYPE_CHECKING:
     from text2brain.models.contrastive.retrieval import RelatedArticle
@@ -47,7 +47,13 @@ if TYPE_CHECKING:
 #: Inference precisions: full float32, or bfloat16 / float16 autocast (outputs stay float32).
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-__all__ = ["DEFAULT_CHECKPOINT", "CheckpointError", "Predictor", "load_predictor"]
+__all__ = [
+    "DEFAULT_CHECKPOINT",
+    "CheckpointError",
+    "Predictor",
+    "UnknownTokensWarning",
+    "load_predictor",
+]
 
 #: Name of the released default model: an export in the repository's checkpoints/ folder,
 #: installed with the package as ``text2brain.checkpoints`` (see checkpoints/README.md).
@@ -71,6 +77,17 @@ _SHOWN_KEYS = 5
 
 class CheckpointError(ValueError):
     """A file that cannot be loaded as a text2brain checkpoint (the message says why)."""
+
+
+#: A text whose word tokens are at least this share of [UNK] is flagged: its map means little.
+MOSTLY_UNKNOWN = 0.5
+
+
+class UnknownTokensWarning(UserWarning):
+    """A text is (nearly) all tokens its tokenizer does not know: the map says little about it.
+
+    "😀🧠" gives the same map as the literal text "[UNK]", whatever the emoji.
+    """
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -413,6 +430,7 @@ class Predictor:
         texts = check_texts(texts)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.warn_unknown_tokens(texts)
         out = np.empty((len(texts), self.space.n_voxels), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with torch.inference_mode(), self._autocast():
@@ -431,6 +449,51 @@ class Predictor:
                     raise ValueError(message) from err
                 out[rows] = pred.float().cpu().numpy()
         return out
+
+    def token_counts(self, texts: Sequence[str]) -> list[tuple[int, int]] | None:
+        """(word tokens, unknown [UNK] tokens) of each text as the model reads it.
+
+        None for heads that read text without a subword tokenizer (the term-based baselines).
+        """
+        from text2brain.models.encoders import TextEncoder, token_counts
+
+        texts = check_texts(texts)
+        encoder = next((m for m in self.model.modules() if isinstance(m, TextEncoder)), None)
+        if encoder is None:
+            return None
+        hparams = getattr(self.model, "hparams", None)
+        limit = encoder.token_limit(getattr(hparams, "max_length", encoder.max_length))
+        return token_counts(encoder.tokenizer, texts, limit)
+
+    def unknown_token_fraction(self, texts: Sequence[str]) -> np.ndarray:
+        """Share of each text's word tokens that the tokenizer does not know ([UNK]), float64.
+
+        Near 1, the model reads placeholders rather than the text (emoji, scripts outside the
+        vocabulary). NaN for a text without word tokens and for heads without a subword
+        tokenizer.
+        """
+        texts = check_texts(texts)
+        counts = self.token_counts(texts)
+        if counts is None:
+            return np.full(len(texts), np.nan)
+        return np.array([unknown / words if words else np.nan for words, unknown in counts])
+
+    def warn_unknown_tokens(self, texts: Sequence[str], labels: Sequence[str] = ()) -> list[str]:
+        """Warn (`UnknownTokensWarning`) about texts of mostly unknown tokens; their lines.
+
+        `labels` name the texts in the message (default: texts[i]).
+        """
+        texts = check_texts(texts)
+        fractions = self.unknown_token_fraction(texts)
+        lines = [
+            f"{labels[i] if labels else f'texts[{i}]'} ({quoted(texts[i])}) has "
+            f"{fractions[i]:.0%} of its tokens unknown to the tokenizer ([UNK]): its map says "
+            "little about it"
+            for i in np.flatnonzero(fractions >= MOSTLY_UNKNOWN)
+        ]
+        if lines:
+            warnings.warn("; ".join(lines), UnknownTokensWarning, stacklevel=3)
+        return lines
 
     def predict_maps(self, texts: Sequence[str], batch_size: int = 64) -> list[nib.Nifti1Image]:
         """One float32 NIfTI image per text, on the model's grid (zero outside the brain mask)."""
@@ -453,6 +516,7 @@ class Predictor:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if not text.strip():
             raise ValueError(f"text is empty or whitespace-only ({text!r})")
+        self.warn_unknown_tokens([text], ["text"])
         with torch.inference_mode(), self._autocast():
             return method([text], k)[0]
 
@@ -466,8 +530,12 @@ class Predictor:
         """
         method = self._retrieval("describe_maps", "describe a map")
         vector = torch.from_numpy(self.space.from_nifti_image(image))
-        with torch.inference_mode(), self._autocast():
-            return method(vector.unsqueeze(0), k)[0]
+        try:
+            with torch.inference_mode(), self._autocast():
+                return method(vector.unsqueeze(0), k)[0]
+        except ValueError as err:  # "maps[0] has NaN ...": name the map, as from_nifti_image
+            name = f"{str(image)!r}" if isinstance(image, (str, os.PathLike)) else "the image"
+            raise ValueError(str(err).replace("maps[0]", name)) from err
 
     def _retrieval(self, name: str, what: str) -> Any:
         method = getattr(self.model, name, None)

@@ -70,4 +70,11 @@ def check_texts(texts: Iterable[str], allow_empty: bool = True) -> list[str]:
             raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
         if not text.strip():
             raise ValueError(f"texts[{i}] is empty or whitespace-only ({text!r})")
+        if "\x00" in text:  # tokenizers drop it silently: a sign of a binary or broken input
+            raise ValueError(f"texts[{i}] contains a NUL character ({quoted(text)})")
     return texts
+
+
+def quoted(text: str, width: int = 40) -> str:
+    """A text for a message: its repr (control characters visible), cut to about `width`."""
+    return repr(text if len(text) <= width else text[: width - 3] + "...")

@@ -10,19 +10,22 @@ One JSON object per line, one line per article::
 Fields:
 
 - ``id`` (required): string or integer, unique in the file.
-- ``tables`` (required): list of tables; each has ``peaks`` (list of ``[x, y, z]`` in MNI mm),
-  and optionally ``table_id`` (string or integer; default: the table's 1-based position) and
-  ``caption`` (string).
-- ``title``, ``abstract`` (optional): strings.
+- ``tables`` (required): list of tables; each has ``peaks`` (list of ``[x, y, z]`` JSON numbers
+  in MNI mm; ``["10", "20", "30"]`` is refused), and optionally ``table_id`` (string or
+  integer, unique within the article; default: the table's 1-based position) and ``caption``
+  (string).
+- ``title``, ``abstract`` (optional): strings (anything else is counted and left empty).
 - ``keywords`` (optional): list of strings, or one string split on ``;``. Whitespace around each
   keyword is stripped, case is kept, empty keywords are dropped.
 - ``discussion`` (optional): list of sentences, or one string split by `split_sentences`.
 - ``abstract_is_bag_of_terms`` (optional): true when the abstract is a list of vocabulary terms
   rather than prose (as in NeuroQuery-derived corpora).
 
-Other fields are ignored. The loader never drops input silently: malformed lines, records
-without an id, duplicate ids, tables without peaks and malformed peaks are counted and
-reported, with everything `Corpus.build` removes, in one warning.
+Other fields are ignored. The file is UTF-8 (a byte order mark is accepted); other bytes are an
+error naming the line. The loader never drops input silently: malformed lines, records
+without an id, duplicate ids, tables without peaks or with a repeated table_id, malformed
+peaks and titles or abstracts that are not strings are counted and reported, with everything
+`Corpus.build` removes, in one warning.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import pandas as pd
 
 from text2brain.brain import BrainSpace
 from text2brain.corpus.base import Article, Corpus, SkipReport
+from text2brain.outputs import atomic_output
 from text2brain.text import split_sentences
 
 __all__ = ["load_jsonl_corpus", "write_jsonl_corpus", "normalize_keywords"]
@@ -77,11 +81,12 @@ def load_jsonl_corpus(path: str | PathLike, space: BrainSpace, name: str | None 
     xs: list[float] = []
     ys: list[float] = []
     zs: list[float] = []
-    n_lines = n_objects = 0
-    first_error = ""
+    n_lines = n_objects = n_repeated = 0
+    first_error = first_repeated = ""
 
-    with path.open(encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            line = _decode(raw, path, line_number)
             if not line.strip():
                 continue
             n_lines += 1
@@ -110,6 +115,7 @@ def load_jsonl_corpus(path: str | PathLike, space: BrainSpace, name: str | None 
             seen.add(article_id)
 
             captions: dict[str, str] = {}
+            table_ids_seen: set[str] = set()
             for position, table in enumerate(tables, start=1):
                 if not isinstance(table, dict):
                     report.add("tables that are not a JSON object", 1)
@@ -120,12 +126,19 @@ def load_jsonl_corpus(path: str | PathLike, space: BrainSpace, name: str | None 
                     continue
                 table_id = _record_id(table.get("table_id"))
                 table_id = table_id if table_id is not None else str(position)
+                if table_id in table_ids_seen:
+                    n_repeated += 1
+                    first_repeated = first_repeated or (
+                        f"article {article_id!r}, table_id {table_id!r}, line {line_number}"
+                    )
+                    continue
+                table_ids_seen.add(table_id)
                 n_good = 0
                 for peak in peaks:
-                    if not isinstance(peak, (list, tuple)) or len(peak) != 3:
-                        report.add("malformed peaks (not a list [x, y, z])", 1)
+                    if not _is_peak(peak):
+                        report.add("malformed peaks (not a list of three numbers [x, y, z])", 1)
                         continue
-                    x, y, z = (_to_float(v) for v in peak)
+                    x, y, z = (float(v) for v in peak)
                     ids.append(article_id)
                     table_ids.append(table_id)
                     xs.append(x)
@@ -136,6 +149,10 @@ def load_jsonl_corpus(path: str | PathLike, space: BrainSpace, name: str | None 
                 if n_good and isinstance(caption, str) and caption.strip():
                     captions[table_id] = " ".join(caption.split())
 
+            for key in ("title", "abstract"):
+                if not isinstance(record.get(key, ""), (str, type(None))):
+                    report.add(f"records whose {key!r} is not a string (left empty)", 1)
+                    record[key] = None
             articles.append(
                 Article(
                     id=article_id,
@@ -148,6 +165,11 @@ def load_jsonl_corpus(path: str | PathLike, space: BrainSpace, name: str | None 
                 )
             )
 
+    report.add(
+        "tables whose table_id repeats an earlier table's of the same article (skipped, not "
+        f"merged; first: {first_repeated})",
+        n_repeated,
+    )
     if n_lines == 0:
         raise ValueError(f"JSONL corpus {str(path)!r} is empty: expected one JSON object per line")
     if n_objects == 0:
@@ -173,14 +195,24 @@ def _record_id(value: Any) -> str | None:
     return None
 
 
-def _to_float(value: Any) -> float:
-    """A coordinate as float; anything non-numeric becomes NaN so `Corpus.build` counts it."""
-    if isinstance(value, bool) or value is None:
-        return math.nan
+def _decode(raw: bytes, path: Path, line_number: int) -> str:
+    """A line as text; a UTF-8 byte order mark (Windows editors) is dropped from the first."""
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+        return raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"JSONL corpus {str(path)!r} is not UTF-8 text (line {line_number}, byte "
+            f"{err.start + 1}: {err.reason}); save it as UTF-8 (JSON Lines is UTF-8)"
+        ) from err
+
+
+def _is_peak(value: Any) -> bool:
+    """[x, y, z] of JSON numbers: strings ("10") are refused, not read as numbers."""
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
 
 
 def _text(value: Any) -> str:
@@ -224,7 +256,7 @@ def write_jsonl_corpus(corpus: Corpus, path: str | PathLike) -> Path:
         tables.setdefault(article_id, {}).setdefault(table_id, []).append(
             [float(x), float(y), float(z)]
         )
-    with path.open("w", encoding="utf-8") as f:
+    with atomic_output(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for article in corpus.articles:
             record: dict[str, Any] = {"id": article.id}
             if article.title:

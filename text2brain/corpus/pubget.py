@@ -40,6 +40,7 @@ import re
 from collections.abc import Collection, Iterator
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -209,10 +210,29 @@ def _required(data_dir: Path, file_name: str) -> Path:
 
 def _header(path: Path) -> pd.Index:
     """A CSV's column names; an empty or unparsable file is an error naming it."""
+    return _read_csv(path, nrows=0).columns
+
+
+def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
+    """`pd.read_csv`, where a file that is not UTF-8 CSV is a ValueError naming it."""
     try:
-        return pd.read_csv(path, nrows=0).columns
+        return pd.read_csv(path, **kwargs)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ValueError(f"{str(path)!r} is not a readable CSV file: {err}") from err
+        raise _unreadable(path, err) from err
+
+
+def _unreadable(path: Path, err: Exception) -> ValueError:
+    where = ""
+    if isinstance(err, UnicodeDecodeError):
+        with path.open("rb") as f:
+            for number, line in enumerate(f, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    where = f" (line {number} is not UTF-8; pubget writes UTF-8)"
+                    break
+    reason = " ".join(str(err).split())[:200]
+    return ValueError(f"{str(path)!r} is not a readable CSV file{where}: {reason}")
 
 
 def _id_column(columns: Collection[str], path: Path) -> str:
@@ -243,7 +263,7 @@ def _read_coordinates(path: Path) -> pd.DataFrame:
     header = _header(path)
     id_column = _id_column(header, path)
     _check_columns(path, header, ("table_id", "x", "y", "z"))
-    df = pd.read_csv(
+    df = _read_csv(
         path,
         usecols=[id_column, "table_id", "x", "y", "z"],
         dtype={id_column: str, "table_id": str},
@@ -265,7 +285,7 @@ def _read_spaces(path: Path) -> dict[str, str] | None:
     header = _header(path)
     id_column = _id_column(header, path)
     _check_columns(path, header, ("coordinate_space",))
-    df = pd.read_csv(path, usecols=[id_column, "coordinate_space"], dtype=str)
+    df = _read_csv(path, usecols=[id_column, "coordinate_space"], dtype=str)
     ids = _normalise_ids(df[id_column]).fillna("")
     labels = df["coordinate_space"].fillna("UNKNOWN").str.strip().str.upper()
     return dict(zip(ids, labels, strict=True))
@@ -278,7 +298,7 @@ def _read_metadata_titles(path: Path) -> dict[str, str]:
     if "title" not in header:
         return {}
     id_column = _id_column(header, path)
-    df = pd.read_csv(path, usecols=[id_column, "title"], dtype=str, keep_default_na=False)
+    df = _read_csv(path, usecols=[id_column, "title"], dtype=str, keep_default_na=False)
     return {
         i: clean_pubget_text(t)
         for i, t in zip(_normalise_ids(df[id_column]).fillna(""), df["title"], strict=True)
@@ -292,14 +312,20 @@ def _iter_text(path: Path) -> Iterator[dict[str, str]]:
     id_column = _id_column(header, path)
     fields = ("title", "keywords", "abstract", "body")
     present = [c for c in fields if c in header]
-    reader = pd.read_csv(
+    reader = _read_csv(
         path,
         usecols=[id_column, *present],
         dtype=str,
         keep_default_na=False,
         chunksize=_TEXT_CHUNK_ROWS,
     )
-    for chunk in reader:
+    while True:
+        try:
+            chunk = next(reader)
+        except StopIteration:
+            return
+        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise _unreadable(path, err) from err
         ids = _normalise_ids(chunk[id_column]).fillna("")
         columns = {c: chunk[c].tolist() if c in chunk else [""] * len(chunk) for c in fields}
         for i, article_id in enumerate(ids.tolist()):
@@ -324,7 +350,7 @@ def _read_captions(
         header = _header(tables_csv)
         id_column = _id_column(header, tables_csv)
         _check_columns(tables_csv, header, ("table_id", "table_caption"))
-        df = pd.read_csv(
+        df = _read_csv(
             tables_csv,
             usecols=[id_column, "table_id", "table_caption"],
             dtype=str,

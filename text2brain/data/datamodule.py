@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from dataclasses import asdict
 from functools import cached_property
@@ -29,6 +28,7 @@ from text2brain.brain import BrainSpace, Renderer
 from text2brain.corpus import Corpus, load_corpus
 from text2brain.data.sampling import Pair, TextSampler
 from text2brain.data.split import Split, SplitRule, load_or_make_split
+from text2brain.outputs import atomic_output
 from text2brain.paths import cache_dir
 
 STAGES = ("train", "val", "test")
@@ -417,9 +417,8 @@ class TextMapDataModule(L.LightningDataModule):
                 1.0 / self.peaks.n_tables[self.peaks.article],
                 len(self.corpus),
             )
-            tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npy")
-            np.save(tmp, maps)
-            os.replace(tmp, path)
+            with atomic_output(path) as tmp:
+                np.save(tmp, maps)
         return np.load(path, mmap_mode="r")
 
 

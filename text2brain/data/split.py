@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from text2brain.corpus.base import Corpus
+from text2brain.outputs import write_text
 
 SPLIT_FORMAT = 1
 
@@ -71,10 +72,7 @@ class Split:
             "test": self.test,
             "excluded": self.excluded,
         }
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_text(path, json.dumps(payload, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Split:

@@ -144,6 +144,11 @@ class BertTokenizerFile:
         """The vocabulary size with added tokens, as `len()` of a transformers tokenizer."""
         return self.backend.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def unk_token_id(self) -> int | None:
+        """Id of the token that stands for any piece outside the vocabulary ([UNK])."""
+        return self.backend.token_to_id(getattr(self.backend.model, "unk_token", "[UNK]"))
+
     def encode(self, texts: list[str], max_length: int) -> list[Any]:
         """One `tokenizers.Encoding` per text, cut at `max_length` tokens, padded alike."""
         self.backend.enable_truncation(max_length, strategy="longest_first", direction="right")
@@ -420,3 +425,28 @@ def token_lengths(tokenizer: Any, texts: Sequence[str], max_length: int) -> list
         return [sum(e.attention_mask) for e in tokenizer.encode(list(texts), max_length)]
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     return [len(i) for i in ids]
+
+
+def token_counts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[tuple[int, int]]:
+    """(word tokens, unknown tokens) of each text once cut at `max_length`.
+
+    Word tokens are all but the special and padding ones; unknown ones are the tokenizer's
+    [UNK], which stands for any piece outside its vocabulary (emoji, most scripts a vocabulary
+    was not built for), so a text of them only is one the model cannot read.
+    """
+    texts = list(texts)
+    if isinstance(tokenizer, BertTokenizerFile):
+        encodings = tokenizer.encode(texts, max_length)
+        rows = [(e.ids, e.special_tokens_mask, e.attention_mask) for e in encodings]
+    else:
+        enc = tokenizer(
+            texts, truncation=True, max_length=max_length, return_special_tokens_mask=True
+        )
+        pairs = zip(enc["input_ids"], enc["special_tokens_mask"], strict=True)
+        rows = [(ids, special, [1] * len(ids)) for ids, special in pairs]
+    unk = tokenizer.unk_token_id
+    counts = []
+    for ids, special, attention in rows:
+        words = [i for i, s, a in zip(ids, special, attention, strict=True) if a and not s]
+        counts.append((len(words), sum(i == unk for i in words) if unk is not None else 0))
+    return counts

@@ -1,0 +1,51 @@
+"""One error path for the commands: a user's mistake is one line on stderr and exit status 2.
+
+A bad file, path or value (OSError, ValueError, TypeError, a corpus file that fails its check)
+is reported as `text2brain COMMAND: error: MESSAGE`, without the traceback, which says nothing
+to a user and buries the message. `--debug`, or TEXT2BRAIN_DEBUG=1 in the environment, lets
+the exception through with its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+DEBUG_ENV = "TEXT2BRAIN_DEBUG"
+DEBUG_FLAG = "--debug"
+
+
+def add_debug_option(parser: argparse.ArgumentParser) -> None:
+    """The --debug flag in a command's options (read by `run_command`)."""
+    parser.add_argument(
+        DEBUG_FLAG,
+        action="store_true",
+        help=f"show the traceback of an error instead of one line (also: {DEBUG_ENV}=1)",
+    )
+
+
+def debugging(argv: list[str]) -> bool:
+    return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def is_user_error(err: BaseException) -> bool:
+    """An error a user can act on from its message: a bad file, path or value."""
+    kinds: tuple[type[BaseException], ...] = (OSError, ValueError, TypeError)
+    corpus = sys.modules.get("text2brain.corpus.neuroquery")  # imported if it raised
+    if corpus is not None:
+        kinds += (corpus.CorpusFileError,)
+    return isinstance(err, kinds)
+
+
+def run_command(name: str, command: Callable[[list[str]], None], argv: list[str]) -> None:
+    """Run `text2brain NAME` with its arguments; a user error is one line and exit status 2."""
+    try:
+        command(argv)
+    except Exception as err:
+        if debugging(argv) or not is_user_error(err):
+            raise
+        message = " ".join(str(err).splitlines()) or type(err).__name__
+        print(f"text2brain {name}: error: {message}", file=sys.stderr)
+        sys.exit(2)
