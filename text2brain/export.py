@@ -39,7 +39,7 @@ import torch
 
 from text2brain import __version__
 from text2brain.errors import add_debug_option
-from text2brain.models.formats import CHECKPOINT_FORMAT
+from text2brain.models.formats import CHECKPOINT_FORMAT, state_fingerprint
 from text2brain.outputs import atomic_output, write_text
 
 #: Version of the export layout (model.json + model.safetensors).
@@ -160,7 +160,7 @@ def export_checkpoint(
         "text2brain": section,
         "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(weights_path), "dtype": dtype},
         "base_encoder": (
-            {"keys": base_keys, "fingerprint": fingerprint(base_state, base_keys)}
+            {"keys": base_keys, "fingerprint": state_fingerprint(base_state, base_keys)}
             if base_keys
             else None
         ),
@@ -177,16 +177,6 @@ def encoder_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
     from text2brain.models.encoders import TextEncoder
 
     return tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, TextEncoder))
-
-
-def fingerprint(state: dict[str, torch.Tensor], keys: list[str]) -> str:
-    """sha256 of the named tensors' names, dtypes, shapes and bytes."""
-    digest = hashlib.sha256()
-    for key in sorted(keys):
-        value = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
-    return digest.hexdigest()
 
 
 def _cast(value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:

@@ -37,7 +37,7 @@ import torch
 
 from text2brain import precision as precisions
 from text2brain.brain import BrainSpace
-from text2brain.models.formats import upgrade_checkpoint
+from text2brain.models.formats import state_fingerprint, upgrade_checkpoint
 from text2brain.models.head import BrainMapHead
 from text2brain.text import check_texts, quoted
 
@@ -179,12 +179,10 @@ def _with_base_encoder(
     The model was built with the installed base encoder's weights; their fingerprint must be
     the one recorded at export, or the maps would silently differ from the exported model's.
     """
-    from text2brain.export import fingerprint
-
     keys = list(base_encoder.get("keys") or [])
     own = model.state_dict()
     unknown = [k for k in keys if k not in own]
-    if unknown or fingerprint(own, keys) != base_encoder.get("fingerprint"):
+    if unknown or state_fingerprint(own, keys) != base_encoder.get("fingerprint"):
         encoder = getattr(model.hparams, "encoder", None)
         raise CheckpointError(
             f"{str(path)!r} needs the base text encoder {encoder!r} it was exported against, "

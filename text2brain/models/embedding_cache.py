@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +40,6 @@ MAX_BATCH = 512
 def is_frozen(module: nn.Module) -> bool:
     """True when no parameter of `module` is trained (it then computes a fixed function)."""
     return not any(p.requires_grad for p in module.parameters())
-
-
-def state_fingerprint(state: dict[str, Tensor], keys: Iterable[str] | None = None) -> str:
-    """sha256 of the named tensors' names, dtypes, shapes and bytes (all keys when None)."""
-    digest = hashlib.sha256()
-    for key in sorted(state if keys is None else keys):
-        value = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
-    return digest.hexdigest()
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

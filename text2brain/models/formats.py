@@ -15,7 +15,8 @@ History:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -69,3 +70,17 @@ def upgrade_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
         version += 1
     info["format_version"] = version
     return checkpoint
+
+
+def state_fingerprint(state: dict[str, torch.Tensor], keys: Iterable[str] | None = None) -> str:
+    """sha256 of the named tensors' names, dtypes, shapes and bytes (all keys when None).
+
+    What identifies a set of weights: an export records it for the base encoder it leaves out,
+    the embedding cache keys its files by it.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state if keys is None else keys):
+        value = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()

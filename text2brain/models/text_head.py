@@ -27,10 +27,10 @@ from text2brain.models.embedding_cache import (
     cache_key,
     is_frozen,
     open_or_build,
-    state_fingerprint,
     tokenizer_fingerprint,
 )
 from text2brain.models.encoders import TextEncoder, token_lengths
+from text2brain.models.formats import state_fingerprint
 from text2brain.paths import cache_dir
 
 
