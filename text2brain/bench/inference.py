@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -115,14 +116,16 @@ def print_cold_start(ckpt: str | None, out: str, runs: int) -> None:
     print(f"cold query by stage (new processes, median of {runs}):")
     for stage, times in stages.items():
         print(f"  {stage:32s} {statistics.median(times):.2f} s")
-    command = [sys.executable, "-m", "text2brain", "query", QUERIES[0], "-o", out]
+    command = [sys.executable, "-m", "text2brain", "query", QUERIES[0]]
     if ckpt is not None:
         command += ["--ckpt", ckpt]
     for png in (False, True):
         walls = []
-        for _ in range(runs):
+        for run in range(runs):
+            # A new output folder each time, as a user's first query (a used one is refused).
+            folder = ["-o", str(Path(out) / f"{'png' if png else 'map'}-{run}")]
             start = time.perf_counter()
-            subprocess.run(command + ["--png"] * png, check=True, capture_output=True)
+            subprocess.run(command + folder + ["--png"] * png, check=True, capture_output=True)
             walls.append(time.perf_counter() - start)
         print(
             f"cold `text2brain query` (new process, one map{' and its PNG' * png}): median "
