@@ -421,6 +421,15 @@ def test_no_logger_drops_the_callbacks_that_need_one(job: Job, run_dir: Path, cl
     assert list(run_dir.glob("figures/epoch_000/dice_curve.png"))
 
 
+def test_fast_dev_run_writes_no_checkpoint(job: Job, run_dir: Path, cli) -> None:
+    """Lightning's ModelCheckpoint(save_last=True) saved last.ckpt at the end of a fast_dev_run
+    although Lightning says checkpointing is suppressed there."""
+    run = cli("fit", "-c", job.config, "--trainer.fast_dev_run", "true")
+    assert finished(run)
+    assert not [c for c in run.trainer.callbacks if getattr(c, "save_last", None)]
+    assert not list(run_dir.rglob("*.ckpt"))
+
+
 def test_fit_test_validate_predict(job: Job, run_dir: Path, cli) -> None:
     fit = cli(
         "fit", "-c", job.config, "--trainer.max_epochs", 1, "--trainer.limit_train_batches", 4

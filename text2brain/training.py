@@ -86,6 +86,7 @@ class Text2BrainCLI(LightningCLI):
         config = self.config[self.config.subcommand]
         self._check_tokenizer(config)
         drop_logger_only_callbacks(config.trainer)
+        drop_checkpoints_in_fast_dev_run(config.trainer)
         if self.config.subcommand == "fit" and config.get("ckpt_path"):
             continue_wandb_run(config)
 
@@ -121,6 +122,22 @@ def drop_logger_only_callbacks(trainer: Any) -> None:
     dropped = sorted({_class_name(c) for c in callbacks} - {_class_name(c) for c in kept})
     rank_zero_warn(f"the trainer has no logger, so these callbacks were dropped: {dropped}")
     trainer.callbacks = kept
+
+
+def drop_checkpoints_in_fast_dev_run(trainer: Any) -> None:
+    """With `fast_dev_run`, drop the ModelCheckpoint callbacks.
+
+    Lightning says checkpointing is suppressed in that mode, yet (2.6) a ModelCheckpoint with
+    `save_last` still writes last.ckpt when training ends: a full checkpoint (120 MB for the
+    main job) from a one-batch smoke test, over a real run's last.ckpt in the same folder.
+    """
+    if not trainer.get("fast_dev_run"):
+        return
+    callbacks = trainer.get("callbacks") or []
+    kept = [c for c in callbacks if _class_name(c) != "ModelCheckpoint"]
+    if len(kept) < len(callbacks):
+        rank_zero_info("fast_dev_run: the ModelCheckpoint callbacks are dropped (no checkpoint)")
+        trainer.callbacks = kept
 
 
 def _class_name(callback: Any) -> str:
