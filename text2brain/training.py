@@ -135,8 +135,7 @@ def drop_checkpoints_in_fast_dev_run(trainer: Any) -> None:
         return
     callbacks = trainer.get("callbacks") or []
     kept = [c for c in callbacks if _class_name(c) != "ModelCheckpoint"]
-    if len(kept) < len(callbacks):
-        rank_zero_info("fast_dev_run: the ModelCheckpoint callbacks are dropped (no checkpoint)")
+    if len(kept) < len(callbacks):  # Lightning already says "checkpointing is suppressed"
         trainer.callbacks = kept
 
 
