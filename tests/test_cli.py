@@ -664,3 +664,21 @@ def test_user_errors_are_one_line_unless_debugging(
     monkeypatch.setenv("TEXT2BRAIN_DEBUG", "1")
     with pytest.raises(ValueError, match="is not UTF-8"):
         main(argv)
+
+
+def test_a_bad_config_value_is_one_line_before_any_work(
+    job: Job, run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A value the model, data or trainer refuses stops the run before the corpus is read: one
+    line and exit status 2 (it used to be a full traceback); --debug shows the traceback."""
+    from text2brain.training import ConfigError
+
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "-c", str(job.config), "--data.batch_size", "0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "text2brain fit: error: batch sizes must be >= 1"
+    assert not any("Traceback" in line for line in err)
+    with pytest.raises(ConfigError, match="batch sizes must be >= 1"):
+        main(["fit", "-c", str(job.config), "--data.batch_size", "0", "--debug"])
+    assert not list(run_dir.iterdir())

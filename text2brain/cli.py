@@ -15,7 +15,7 @@ import argparse
 import sys
 import time
 
-from text2brain.errors import add_debug_option, run_command
+from text2brain.errors import DEBUG_FLAG, add_debug_option, debugging, run_command
 from text2brain.query import query
 
 
@@ -83,9 +83,16 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 def lightning(argv: list[str]) -> None:
     """Run a LightningCLI subcommand with the zoo's models and the shared data module."""
-    from text2brain.training import run_lightning_cli
+    from text2brain.training import ConfigError, run_lightning_cli
 
-    run_lightning_cli(argv)
+    debug = debugging(argv)
+    try:
+        run_lightning_cli([arg for arg in argv if arg != DEBUG_FLAG])
+    except ConfigError as err:
+        if debug:
+            raise
+        print(f"text2brain {argv[0]}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+        sys.exit(2)
 
 
 COMMANDS = {"prepare": prepare, "query": query, "compare": compare, "export": export}

@@ -73,6 +73,14 @@ class LogConfigCallback(SaveConfigCallback):
             logger.log_hyperparams({"config": config.as_dict()})
 
 
+class ConfigError(ValueError):
+    """A run's configuration cannot be built (found before any data is loaded or trained).
+
+    `text2brain fit|validate|test|predict` print it as one line; errors once the run has
+    started keep their traceback.
+    """
+
+
 class Text2BrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument(
@@ -82,9 +90,19 @@ class Text2BrainCLI(LightningCLI):
             help="fail when data.tokenizer differs from the model's encoder",
         )
 
+    def instantiate_classes(self) -> None:
+        """Build the model, data and trainer; a bad value in the config is a `ConfigError`."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            raise ConfigError(str(err)) from err
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config.subcommand]
-        self._check_tokenizer(config)
+        try:
+            self._check_tokenizer(config)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         drop_logger_only_callbacks(config.trainer)
         drop_checkpoints_in_fast_dev_run(config.trainer)
         if self.config.subcommand == "fit" and config.get("ckpt_path"):
