@@ -653,7 +653,9 @@ def test_user_errors_are_one_line_unless_debugging(
 ) -> None:
     corpus = tmp_path / "latin1.jsonl"
     corpus.write_bytes('{"id": "1", "title": "Schmerz über"}\n'.encode("latin-1"))
-    argv = ["prepare", "--corpus", str(corpus)]
+    # A mask of its own: without one, prepare would first need the NeuroQuery files.
+    mask = write_mask(small_space(), tmp_path / "mask.nii.gz")
+    argv = ["prepare", "--corpus", str(corpus), "--mask", str(mask)]
     with pytest.raises(SystemExit) as info:
         main(argv)
     err = capsys.readouterr().err.strip()
