@@ -684,3 +684,18 @@ def test_a_bad_config_value_is_one_line_before_any_work(
     with pytest.raises(ConfigError, match="batch sizes must be >= 1"):
         main(["fit", "-c", str(job.config), "--data.batch_size", "0", "--debug"])
     assert not list(run_dir.iterdir())
+
+
+def test_a_missing_corpus_file_stops_fit_in_one_line(
+    job: Job, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NeuroQuery files missing from the data folder (offline here): one line, exit 2."""
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    argv = ["fit", "-c", str(job.config), "--data.corpus", "neuroquery"]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--data.data_dir", str(empty)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("text2brain fit: error: NeuroQuery file ")
+    assert "is missing from" in err[-1] and not any("Traceback" in line for line in err)

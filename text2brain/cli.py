@@ -88,8 +88,12 @@ def lightning(argv: list[str]) -> None:
     debug = debugging(argv)
     try:
         run_lightning_cli([arg for arg in argv if arg != DEBUG_FLAG])
-    except ConfigError as err:
-        if debug:
+    except Exception as err:
+        # A bad configuration, or a missing or corrupt corpus file (found when the run prepares
+        # its data); anything else that stops a run keeps its traceback.
+        corpus = sys.modules.get("text2brain.corpus.neuroquery")
+        data_error = getattr(corpus, "CorpusFileError", ConfigError)
+        if debug or not isinstance(err, (ConfigError, data_error)):
             raise
         print(f"text2brain {argv[0]}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         sys.exit(2)
