@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from text2brain import neuroquery_files
 from text2brain.brain import BrainSpace
-from text2brain.corpus import neuroquery
 from text2brain.corpus.base import Article, Corpus, SkipReport
-from text2brain.corpus.neuroquery import (
+from text2brain.neuroquery_files import (
     COMMIT,
     FILES,
     URL,
@@ -352,4 +352,4 @@ def test_tests_are_offline_with_a_private_cache(tmp_path: Path) -> None:
     from text2brain.paths import cache_dir
 
     assert Path.home() / ".cache" not in cache_dir().parents
-    assert neuroquery.urllib.request.urlopen is urllib.request.urlopen
+    assert neuroquery_files.urllib.request.urlopen is urllib.request.urlopen

@@ -14,7 +14,7 @@ import pytest
 from text2brain.bench.render import scipy_reference_maps
 from text2brain.brain import BrainSpace, pairwise_pearson, render_article_maps
 from text2brain.corpus import Corpus, load_neuroquery
-from text2brain.corpus.neuroquery import FILES, fetch_neuroquery_file
+from text2brain.neuroquery_files import FILES, fetch_neuroquery_file
 
 pytestmark = pytest.mark.integration
 

@@ -70,7 +70,7 @@ class BrainSpace:
     @classmethod
     def neuroquery(cls, data_dir: str | PathLike | None = None) -> BrainSpace:
         """NeuroQuery's 4 mm MNI grid (46x55x46) and brain mask (28,542 voxels)."""
-        from text2brain.corpus.neuroquery import fetch_neuroquery_file
+        from text2brain.neuroquery_files import fetch_neuroquery_file
 
         return cls.from_nifti(fetch_neuroquery_file("mask_img.nii.gz", data_dir))
 

@@ -91,7 +91,7 @@ def lightning(argv: list[str]) -> None:
     except Exception as err:
         # A bad configuration, or a missing or corrupt corpus file (found when the run prepares
         # its data); anything else that stops a run keeps its traceback.
-        corpus = sys.modules.get("text2brain.corpus.neuroquery")
+        corpus = sys.modules.get("text2brain.neuroquery_files")
         data_error = getattr(corpus, "CorpusFileError", ConfigError)
         if debug or not isinstance(err, (ConfigError, data_error)):
             raise

@@ -33,7 +33,7 @@ def debugging(argv: list[str]) -> bool:
 def is_user_error(err: BaseException) -> bool:
     """An error a user can act on from its message: a bad file, path or value."""
     kinds: tuple[type[BaseException], ...] = (OSError, ValueError, TypeError)
-    corpus = sys.modules.get("text2brain.corpus.neuroquery")  # imported if it raised
+    corpus = sys.modules.get("text2brain.neuroquery_files")  # imported if it raised
     if corpus is not None:
         kinds += (corpus.CorpusFileError,)
     return isinstance(err, kinds)

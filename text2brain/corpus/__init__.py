@@ -4,7 +4,8 @@ from pathlib import Path
 
 from text2brain.brain import BrainSpace
 from text2brain.corpus.base import Article, Corpus, SkipReport
-from text2brain.corpus.neuroquery import fetch_neuroquery, load_neuroquery
+from text2brain.corpus.neuroquery import load_neuroquery
+from text2brain.neuroquery_files import fetch_neuroquery
 
 __all__ = [
     "Article",

@@ -282,7 +282,7 @@ class TextMapDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Download the NeuroQuery files if needed (once, on the main process)."""
         if self.hparams.corpus == "neuroquery" or self.hparams.mask is None:
-            from text2brain.corpus.neuroquery import fetch_neuroquery
+            from text2brain.neuroquery_files import fetch_neuroquery
 
             fetch_neuroquery(self.hparams.data_dir)
 

@@ -119,7 +119,7 @@ def load_vocabulary(
     `synonyms`: "neuroquery" (vocabulary.csv_voc_mapping_identity.json), a JSON file of
     {phrase: term}, a dict, or None.
     """
-    from text2brain.corpus.neuroquery import fetch_neuroquery_file
+    from text2brain.neuroquery_files import fetch_neuroquery_file
 
     if isinstance(vocabulary, str):
         path = (
