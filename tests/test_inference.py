@@ -23,8 +23,8 @@ import torch
 from synthetic import small_space, train_tiny_text2brain
 
 import text2brain
+import text2brain.checkpoint
 import text2brain.precision
-from text2brain import inference
 from text2brain.cli import main
 from text2brain.inference import CheckpointError, Predictor, load_predictor
 from text2brain.query import file_stems, slugify
@@ -157,9 +157,10 @@ def test_package_level_load_predictor() -> None:
 
 def test_default_checkpoint(monkeypatch: pytest.MonkeyPatch, checkpoint: Path) -> None:
     # The released model is tested in test_release.py; here the constant is what is loaded.
-    monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", checkpoint)
+    monkeypatch.setattr(text2brain.checkpoint, "DEFAULT_CHECKPOINT", checkpoint)
     assert load_predictor(device="cpu").space.shape == small_space().shape
-    monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", checkpoint.with_name("gone.ckpt"))
+    default = checkpoint.with_name("gone.ckpt")
+    monkeypatch.setattr(text2brain.checkpoint, "DEFAULT_CHECKPOINT", default)
     with pytest.raises(FileNotFoundError, match="gone.ckpt"):
         load_predictor()
 

@@ -27,7 +27,6 @@ base encoder fails with a clear error; it cannot silently change the maps.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -38,19 +37,25 @@ from typing import Any
 import torch
 
 from text2brain import __version__
+from text2brain.checkpoint import (
+    CONFIG_NAME,
+    EXPORT_FORMAT,
+    FORMAT_NAME,
+    SECTION_PREFIX,
+    STATE_PREFIX,
+    WEIGHTS_NAME,
+    build_model,
+    checkpoint_path,
+    file_sha256,
+    read_checkpoint,
+    registered_class,
+)
 from text2brain.errors import add_debug_option
 from text2brain.models.formats import CHECKPOINT_FORMAT, state_fingerprint
 from text2brain.outputs import atomic_output, write_text
 
-#: Version of the export layout (model.json + model.safetensors).
-EXPORT_FORMAT = 1
-CONFIG_NAME = "model.json"
-WEIGHTS_NAME = "model.safetensors"
-#: What the config's "format" field says, so any other JSON is recognised as not an export.
-FORMAT_NAME = "text2brain-export"
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _FLOAT16_MAX = float(torch.finfo(torch.float16).max)
-_STATE, _SECTION = "state/", "text2brain/"
 
 
 @dataclass
@@ -95,28 +100,21 @@ def export_checkpoint(
     """
     from safetensors.torch import save_file
 
-    from text2brain.inference import (
-        _build_model,
-        _checkpoint_path,
-        _read_checkpoint,
-        _registered_class,
-    )
-
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    path = _checkpoint_path(checkpoint)
+    path = checkpoint_path(checkpoint)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{str(out)!r} exists and is not a folder")
     if not overwrite and any((out / name).exists() for name in (CONFIG_NAME, WEIGHTS_NAME)):
         raise FileExistsError(f"{str(out)!r} already holds an export; pass overwrite=True")
-    ckpt = _read_checkpoint(path)
-    cls = _registered_class(path, ckpt["text2brain"].get("class_path"))
+    ckpt = read_checkpoint(path)
+    cls = registered_class(path, ckpt["text2brain"].get("class_path"))
     state = ckpt["state_dict"]
 
     base_keys: list[str] = []
     if not keep_base_encoder:
-        base = _build_model(path, cls, ckpt, pretrained=True)  # the installed base weights
+        base = build_model(path, cls, ckpt, pretrained=True)  # the installed base weights
         base_state = base.state_dict()
         prefixes = encoder_prefixes(base)
         base_keys = sorted(
@@ -133,10 +131,10 @@ def export_checkpoint(
     for key, value in state.items():
         if key in base_keys:
             continue
-        tensors[_STATE + key], kept = _cast(value, DTYPES[dtype])
+        tensors[STATE_PREFIX + key], kept = _cast(value, DTYPES[dtype])
         if kept:
             kept_float32.append(key)
-    section = _to_json(ckpt["text2brain"], _SECTION, tensors)
+    section = _to_json(ckpt["text2brain"], SECTION_PREFIX, tensors)
     hyper_parameters = ckpt["hyper_parameters"]
     try:
         json.dumps(hyper_parameters)
@@ -158,7 +156,7 @@ def export_checkpoint(
         "class_path": ckpt["text2brain"].get("class_path"),
         "hyper_parameters": hyper_parameters,
         "text2brain": section,
-        "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(weights_path), "dtype": dtype},
+        "weights": {"file": WEIGHTS_NAME, "sha256": file_sha256(weights_path), "dtype": dtype},
         "base_encoder": (
             {"keys": base_keys, "fingerprint": state_fingerprint(base_state, base_keys)}
             if base_keys
@@ -217,98 +215,6 @@ def _provenance(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
         "global_step": ckpt.get("global_step"),
         "best_scores": scores,
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# -- reading -------------------------------------------------------------------------------------
-
-
-def is_export(path: Path) -> bool:
-    """A folder holding model.json, or that model.json / model.safetensors itself."""
-    if path.is_dir():
-        return (path / CONFIG_NAME).is_file()
-    return path.name in (CONFIG_NAME, WEIGHTS_NAME)
-
-
-def read_export(path: Path) -> dict[str, Any]:
-    """The export as a checkpoint dict (state_dict, hyper_parameters, text2brain, export).
-
-    Base-encoder weights that were left out are missing from the state dict; the "export"
-    entry (the config) lists them, and `load_predictor` fills them in.
-
-    Raises:
-        FileNotFoundError: model.json or model.safetensors is missing.
-        ValueError: not an export, another export format, or a damaged weights file.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    folder = path if path.is_dir() else path.parent
-    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    for needed in (config_path, weights_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"the export {str(folder)!r} lacks {needed.name}")
-    try:
-        config = json.loads(config_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{str(config_path)!r} is not valid JSON: {err}") from err
-    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
-        raise ValueError(f"{str(config_path)!r} is not a text2brain export config")
-    version = config.get("export_format")
-    if version != EXPORT_FORMAT:
-        how = (
-            "upgrade text2brain (pip install -U text2brain)"
-            if isinstance(version, int) and version > EXPORT_FORMAT
-            else "export it again from its checkpoint"
-        )
-        raise ValueError(
-            f"{str(folder)!r} has export format {version!r}, this text2brain reads "
-            f"{EXPORT_FORMAT}: {how}"
-        )
-    missing = [k for k in ("hyper_parameters", "text2brain", "weights") if k not in config]
-    if missing:
-        raise ValueError(f"{str(config_path)!r} lacks {missing}")
-    expected = config["weights"].get("sha256")
-    if expected != _sha256(weights_path):
-        raise ValueError(
-            f"{str(weights_path)!r} does not match the sha256 in {CONFIG_NAME} (damaged or "
-            "replaced): export the checkpoint again"
-        )
-    try:
-        tensors = load_file(weights_path)
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{str(weights_path)!r} cannot be read: {err}") from err
-    state = {k[len(_STATE) :]: v for k, v in tensors.items() if k.startswith(_STATE)}
-    section = _from_json(config["text2brain"], tensors, str(config_path))
-    return {
-        "state_dict": state,
-        "hyper_parameters": config["hyper_parameters"],
-        "text2brain": section,
-        "export": config,
-    }
-
-
-def _from_json(value: Any, tensors: dict[str, torch.Tensor], source: str) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"__tensor__"}:
-            name = value["__tensor__"]
-            if name not in tensors:
-                raise ValueError(f"{source!r} refers to a tensor {name!r} the weights lack")
-            return tensors[name]
-        return {k: _from_json(v, tensors, source) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_json(v, tensors, source) for v in value]
-    return value
-
-
-# -- command -------------------------------------------------------------------------------------
 
 
 def export(argv: list[str] | None = None) -> None:

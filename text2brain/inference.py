@@ -7,11 +7,9 @@ predictor = load_predictor("checkpoints/run/best.ckpt")
 images = predictor.predict_maps(["working memory", "move the tongue"])  # NIfTI images
 ```
 
-Why a separate loader rather than `LightningModule.load_from_checkpoint`: that one unpickles
-the file (a checkpoint can run arbitrary code when unpickled) and imports whatever class path
-the file names. Here the file is read with `torch.load(weights_only=True)` only, the class must
-be one of the zoo's registered heads, and every problem (not a checkpoint, another format
-version, weights that do not fit) is a `CheckpointError` that names the file and says what to do.
+Checkpoints and exports are read by text2brain.checkpoint (checked, upgraded, never
+unpickled; a `CheckpointError` names the file and says what to do); this module turns the
+loaded head into a `Predictor`.
 
 This module stays light on purpose (no data pipeline, no experiment loggers, no Lightning): a
 process that only predicts maps should not pay for, or depend on, what training needs. A head
@@ -22,13 +20,10 @@ other heads through their LightningModule, imported on demand.
 
 from __future__ import annotations
 
-import inspect
 import os
-import pickle
 import re
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
@@ -37,7 +32,7 @@ import torch
 
 from text2brain import precision as precisions
 from text2brain.brain import BrainSpace
-from text2brain.models.formats import state_fingerprint, upgrade_checkpoint
+from text2brain.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_model, model_name
 from text2brain.models.head import BrainMapHead
 from text2brain.text import check_texts, quoted
 
@@ -54,30 +49,6 @@ __all__ = [
     "UnknownTokensWarning",
     "load_predictor",
 ]
-
-#: Name of the released default model: an export in the repository's checkpoints/ folder,
-#: installed with the package as ``text2brain.checkpoints`` (see checkpoints/README.md).
-DEFAULT_MODEL = "text2brain-minilm"
-
-
-def _default_checkpoint() -> Path:
-    from importlib.resources import files
-
-    return Path(str(files("text2brain.checkpoints") / DEFAULT_MODEL))
-
-
-#: The released default model that `load_predictor()` and `text2brain query` use.
-DEFAULT_CHECKPOINT: Path = _default_checkpoint()
-
-#: What every text2brain checkpoint holds (Lightning's keys plus text2brain's own section).
-REQUIRED_KEYS = ("state_dict", "hyper_parameters", "text2brain")
-#: How many keys of each kind a state-dict mismatch message lists before "...".
-_SHOWN_KEYS = 5
-
-
-class CheckpointError(ValueError):
-    """A file that cannot be loaded as a text2brain checkpoint (the message says why)."""
-
 
 #: A text whose word tokens are at least this share of [UNK] is flagged: its map means little.
 MOSTLY_UNKNOWN = 0.5
@@ -115,81 +86,8 @@ def load_predictor(
             arbitrary unpickling, has another format version, names an unregistered model or
             holds weights that do not fit the model its hyper-parameters describe.
     """
-    path = _checkpoint_path(checkpoint)
-    target = _resolve_device(device)
-    ckpt = _read_export(path) if _is_export(path) else _read_checkpoint(path)
-    info = ckpt["text2brain"]
-    cls = _registered_class(
-        path, info.get("class_path") or ckpt["hyper_parameters"].get("_class_path")
-    )
-    base_encoder = (ckpt.get("export") or {}).get("base_encoder")
-    model = _build_model(path, cls, ckpt, pretrained=base_encoder is not None)
-    state = ckpt["state_dict"]
-    if base_encoder is not None:
-        state = _with_base_encoder(path, model, state, base_encoder)
-    _load_weights(path, model, state)
-    model.eval().requires_grad_(False)
-    return Predictor(model, target, precision)
-
-
-def _checkpoint_path(checkpoint: str | os.PathLike | None) -> Path:
-    if checkpoint is None:
-        default = Path(DEFAULT_CHECKPOINT)
-        if not (default.is_file() or _is_export(default)):
-            raise FileNotFoundError(
-                f"the default checkpoint {str(DEFAULT_CHECKPOINT)!r} is missing from this "
-                "installation; reinstall text2brain or pass the path of a checkpoint"
-            )
-        return Path(DEFAULT_CHECKPOINT)
-    if not isinstance(checkpoint, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
-    path = Path(checkpoint).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if path.is_dir() and not _is_export(path):
-        raise CheckpointError(
-            f"{str(path)!r} is a folder without model.json; pass the path of a .ckpt file or "
-            "of a folder written by `text2brain export`"
-        )
-    return path
-
-
-def _is_export(path: Path) -> bool:
-    from text2brain.export import is_export
-
-    return is_export(path)
-
-
-def _read_export(path: Path) -> dict[str, Any]:
-    """An export folder as a checkpoint dict, checked and upgraded like a checkpoint."""
-    from text2brain.export import read_export
-
-    try:
-        ckpt = read_export(path)
-    except ValueError as err:
-        raise CheckpointError(str(err)) from err
-    return _checked_checkpoint(path, ckpt)
-
-
-def _with_base_encoder(
-    path: Path, model: BrainMapHead, state: dict[str, Any], base_encoder: dict[str, Any]
-) -> dict[str, Any]:
-    """The export's state dict completed with the weights it left out, from the base encoder.
-
-    The model was built with the installed base encoder's weights; their fingerprint must be
-    the one recorded at export, or the maps would silently differ from the exported model's.
-    """
-    keys = list(base_encoder.get("keys") or [])
-    own = model.state_dict()
-    unknown = [k for k in keys if k not in own]
-    if unknown or state_fingerprint(own, keys) != base_encoder.get("fingerprint"):
-        encoder = getattr(model.hparams, "encoder", None)
-        raise CheckpointError(
-            f"{str(path)!r} needs the base text encoder {encoder!r} it was exported against, "
-            "but the installed one has other weights (another version of its package?); "
-            "install the version used at export, or export again with --keep-base-encoder"
-        )
-    return {**{k: own[k] for k in keys}, **state}
+    target = _resolve_device(device)  # a bad device fails before the (slow) load
+    return Predictor(load_model(checkpoint), target, precision)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -203,175 +101,6 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
     return resolved
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint dict, read without ever unpickling arbitrary objects, checked, upgraded."""
-    try:
-        with warnings.catch_warnings():  # said of any plain pickle; the error below says more
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as err:  # torch raises many types for files that are not checkpoints
-        unsafe = re.search(r"(?:GLOBAL|Unsupported class)\s+([\w.]+)", str(err))
-        if isinstance(err, (pickle.UnpicklingError, RuntimeError)) and unsafe:
-            raise CheckpointError(
-                f"{str(path)!r} holds a Python object of type {unsafe.group(1)} that can only "
-                "be loaded by arbitrary unpickling, which can run any code; text2brain never "
-                "unpickles arbitrary objects. Re-save it with plain tensors and containers "
-                "(as `text2brain fit` writes checkpoints)"
-            ) from err
-        reason = _torch_load_reason(err)
-        raise CheckpointError(
-            f"{str(path)!r} is not a text2brain checkpoint: torch.load cannot read it ({reason})"
-        ) from err
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(
-            f"{str(path)!r} is not a text2brain checkpoint: it holds a {type(ckpt).__name__}, "
-            "not a checkpoint dict"
-        )
-    return _checked_checkpoint(path, ckpt)
-
-
-def _checked_checkpoint(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint dict (from a .ckpt or an export) after the checks both need."""
-    missing = [key for key in REQUIRED_KEYS if key not in ckpt]
-    if missing:
-        raise CheckpointError(
-            f"{str(path)!r} is not a text2brain checkpoint: it lacks {missing} (expected the "
-            f"keys {list(REQUIRED_KEYS)} that a text2brain model writes through Lightning, as "
-            "`text2brain fit` does)"
-        )
-    info, hparams, state = ckpt["text2brain"], ckpt["hyper_parameters"], ckpt["state_dict"]
-    if not (isinstance(info, dict) and isinstance(hparams, dict) and isinstance(state, dict)):
-        raise CheckpointError(
-            f"{str(path)!r} is not a text2brain checkpoint: 'text2brain', 'hyper_parameters' "
-            "and 'state_dict' must be dicts"
-        )
-    try:
-        upgrade_checkpoint(ckpt)
-    except ValueError as err:
-        raise CheckpointError(f"{str(path)!r}: {err}") from err
-    try:
-        BrainSpace.from_dict(info["space"])
-    except Exception as err:  # any malformed space description
-        raise CheckpointError(
-            f"{str(path)!r} has no valid brain space in its 'text2brain' section: {err}"
-        ) from err
-    return ckpt
-
-
-def _torch_load_reason(err: BaseException) -> str:
-    """The gist of a torch.load failure, without torch's advice to retry with weights_only=False.
-
-    That advice is wrong here: for a file that is no checkpoint it would only unpickle garbage.
-    """
-    message = " ".join(str(err).split())
-    inner = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", message)
-    if inner:
-        return inner.group(1).strip()[:200]
-    return f"{type(err).__name__}: {message}"[:200] if message else type(err).__name__
-
-
-def _registered_class(path: Path, class_path: Any) -> type[BrainMapHead]:
-    """The class to build for the registered head the checkpoint names.
-
-    The file's class path is never imported: it only selects a registered head (see
-    `registered_name`), whose Lightning-free inference class is built when it has one.
-    """
-    from text2brain.models import MODELS, inference_class, registered_name
-
-    name = registered_name(class_path) if isinstance(class_path, str) else None
-    if name is not None:
-        return inference_class(name)
-    if class_path is None:
-        raise CheckpointError(f"{str(path)!r} does not record which model class wrote it")
-    raise CheckpointError(
-        f"{str(path)!r} names the model class {class_path!r}, which is not a registered "
-        f"text2brain model (registered: {sorted(MODELS.values())}); only registered models "
-        "can be loaded"
-    )
-
-
-def _model_name(cls: type[BrainMapHead]) -> str:
-    """The head's name in messages: an inference class goes by its LightningModule's name."""
-    return getattr(cls, "model_name", cls.__name__)
-
-
-def _build_model(
-    path: Path, cls: type[BrainMapHead], ckpt: dict[str, Any], pretrained: bool = False
-) -> BrainMapHead:
-    """The head from the checkpoint's hyper-parameters, with its grid-dependent modules built.
-
-    `pretrained=False` (default): the weights come from the checkpoint, so fetching the
-    encoder's original weights would be wasted time (and a download for hub encoders); its
-    architecture and tokenizer still come from the encoder name or folder in the
-    hyper-parameters. `pretrained=True` loads them: an export takes its unchanged base-encoder
-    weights from there. Training-only hyper-parameters that the class does not take
-    (`ignored_hparams`) are dropped.
-    """
-    hparams = {
-        k: v
-        for k, v in ckpt["hyper_parameters"].items()
-        if not str(k).startswith("_") and k not in cls.ignored_hparams
-    }
-    params = inspect.signature(cls.__init__).parameters
-    if "pretrained" in params:
-        hparams["pretrained"] = pretrained
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    unknown = sorted(set(hparams) - set(params))
-    name = _model_name(cls)
-    if unknown and not takes_any:
-        raise CheckpointError(
-            f"{str(path)!r} has hyper-parameters {unknown} that {name} does not take; "
-            "it was probably written by another text2brain version: load it with that version"
-        )
-    try:
-        model = cls(**hparams)
-        model.on_load_checkpoint(ckpt)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"cannot build {name} from {str(path)!r}: {' '.join(str(err).split())}"
-        ) from err
-    return model
-
-
-def _load_weights(path: Path, model: BrainMapHead, state: dict[str, Any]) -> None:
-    """Load the weights strictly; a mismatch is summarised (the model's own error is a wall)."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = []
-    for key in expected:
-        if key not in state:
-            continue
-        value = state[key]
-        if not isinstance(value, torch.Tensor):
-            mismatched.append(f"{key} (a {type(value).__name__}, not a tensor)")
-        elif value.shape != expected[key].shape:
-            mismatched.append(
-                f"{key} (checkpoint {tuple(value.shape)}, model {tuple(expected[key].shape)})"
-            )
-    problems = [
-        f"{len(keys)} {kind}: {', '.join(keys[:_SHOWN_KEYS])}"
-        + (", ..." if len(keys) > _SHOWN_KEYS else "")
-        for kind, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("with another shape", mismatched),
-        )
-        if keys
-    ]
-    if problems:
-        raise CheckpointError(
-            f"the weights in {str(path)!r} do not fit the {_model_name(type(model))} its "
-            f"hyper-parameters describe: {'; '.join(problems)}"
-        )
-    model.load_state_dict(state, strict=True)
-
-
-# -- prediction ----------------------------------------------------------------------------------
 
 
 class Predictor:
@@ -415,7 +144,7 @@ class Predictor:
 
     def __repr__(self) -> str:
         return (
-            f"Predictor({_model_name(type(self.model))} on {self.device}, {self.space.shape} grid, "
+            f"Predictor({model_name(type(self.model))} on {self.device}, {self.space.shape} grid, "
             f"{self.space.n_voxels:,} voxels, {self.precision})"
         )
 
@@ -539,7 +268,7 @@ class Predictor:
         method = getattr(self.model, name, None)
         if method is None:
             raise TypeError(
-                f"{_model_name(type(self.model))} maps text to brain maps without a shared "
+                f"{model_name(type(self.model))} maps text to brain maps without a shared "
                 f"text-brain embedding space, so it cannot {what}: use a checkpoint of a "
                 "contrastive head (clip or mnm)"
             )
