@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -28,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from text2brain.outputs import atomic_output, write_text
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,6 @@ class EmbeddingCache:
 
     def __len__(self) -> int:
         return len(self.row)
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
 
     def lookup(self, texts: Sequence[str]) -> tuple[Tensor, list[int]]:
         """(vectors (len(texts), dim) with zero rows for misses, positions of the misses)."""
@@ -171,8 +168,8 @@ def open_or_build(
 ) -> EmbeddingCache | None:
     """The cache file `directory/<key>.npy`, built first when missing (unless `build` is False).
 
-    Written to a temporary file and renamed, so an interrupted build never leaves a file that a
-    later run would trust; a JSON beside it says what the vectors are (for people, not read).
+    Written through `atomic_output`, so an interrupted build never leaves a file that a later
+    run would trust; a JSON beside it says what the vectors are (for people, not read).
     """
     path = Path(directory) / f"{key}.npy"
     if path.is_file():
@@ -188,16 +185,13 @@ def open_or_build(
     if not build:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{key}.{os.getpid()}.tmp.npy")
-    vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
-    try:
+    with atomic_output(path) as tmp:
+        vectors = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim)
+        )
         encode_texts(encode, token_lengths(texts), texts, vectors, progress=progress)
         vectors.flush()
         del vectors
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    path.with_suffix(".json").write_text(
-        json.dumps({**description, "n_texts": len(texts), "dim": dim}, indent=1)
-    )
+    about = {**description, "n_texts": len(texts), "dim": dim}
+    write_text(path.with_suffix(".json"), json.dumps(about, indent=1))
     return EmbeddingCache(texts, np.load(path, mmap_mode="r"), path)
