@@ -4,7 +4,7 @@ Trains the head of a model config (default: the released model's settings, froze
 a few steps on NeuroQuery with the shared data module, once per variant, in one process:
 
 - precision: 32-true, and bf16-mixed where the CPU has native bf16 (AVX512-BF16 or AMX) or a
-  GPU runs the bench; `--precision` names others (bf16-mixed on a CPU without native bf16 is
+  GPU runs the bench; `--variants` names others (bf16-mixed on a CPU without native bf16 is
   emulated: expect it to be tens of times slower);
 - embedding cache off (the frozen encoder runs at every step, as before the cache) and on.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -101,20 +102,16 @@ def model_from_config(path: str | None) -> Text2Brain:
     return Text2Brain(**config.get("init_args", {}))
 
 
-def trainer_root() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="text2brain-bench-")
-
-
 def run_variant(
     model: Text2Brain, data: TextMapDataModule, precision: str, cache: bool, steps: int
 ) -> dict[str, float]:
-    """One profiled fit of `steps` steps; the mean step, loader wait and wall time."""
+    """One profiled fit of `steps` steps: the mean step, the loader wait, the fit-start setup."""
     model.hparams.embedding_cache = cache
     model.text_cache = None
     # The per-hook table goes to a file in the run folder, not the terminal.
-    profiler = SimpleProfiler(dirpath=Path(trainer_root()), filename="profile")
+    profiler = SimpleProfiler(
+        dirpath=tempfile.mkdtemp(prefix="text2brain-bench-"), filename="profile"
+    )
     trainer = L.Trainer(
         max_steps=steps,
         limit_val_batches=0,
@@ -125,11 +122,9 @@ def run_variant(
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    start = time.perf_counter()
     trainer.fit(model, datamodule=data)
     means = profiled_means(profiler)
     return {
-        "wall": time.perf_counter() - start,
         "step": means["run_training_batch"],
         "wait": next(v for k, v in means.items() if k.endswith("train_dataloader_next")),
         "setup": means.get("[LightningModule]Text2Brain.on_fit_start", 0.0),
