@@ -15,7 +15,7 @@ import argparse
 import sys
 import time
 
-from text2brain.errors import DEBUG_FLAG, add_debug_option, debugging, run_command
+from text2brain.errors import DEBUG_FLAG, add_debug_option, corpus_file_errors, run_command
 from text2brain.query import query
 
 
@@ -85,18 +85,15 @@ def lightning(argv: list[str]) -> None:
     """Run a LightningCLI subcommand with the zoo's models and the shared data module."""
     from text2brain.training import ConfigError, run_lightning_cli
 
-    debug = debugging(argv)
-    try:
-        run_lightning_cli([arg for arg in argv if arg != DEBUG_FLAG])
-    except Exception as err:
-        # A bad configuration, or a missing or corrupt corpus file (found when the run prepares
-        # its data); anything else that stops a run keeps its traceback.
-        corpus = sys.modules.get("text2brain.neuroquery_files")
-        data_error = getattr(corpus, "CorpusFileError", ConfigError)
-        if debug or not isinstance(err, (ConfigError, data_error)):
-            raise
-        print(f"text2brain {argv[0]}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
-        sys.exit(2)
+    def stops_in_one_line(err: BaseException) -> bool:
+        """A bad configuration, or a missing or corrupt corpus file (found when the run
+        prepares its data); anything else that stops a run keeps its traceback."""
+        return isinstance(err, (ConfigError, *corpus_file_errors()))
+
+    def run(args: list[str]) -> None:
+        run_lightning_cli([argv[0], *(arg for arg in args if arg != DEBUG_FLAG)])
+
+    run_command(argv[0], run, argv[1:], user_error=stops_in_one_line)
 
 
 COMMANDS = {"prepare": prepare, "query": query, "compare": compare, "export": export}

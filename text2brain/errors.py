@@ -30,21 +30,28 @@ def debugging(argv: list[str]) -> bool:
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+def corpus_file_errors() -> tuple[type[BaseException], ...]:
+    """The corpus-file error class, when its module was imported (so the error can exist)."""
+    files = sys.modules.get("text2brain.neuroquery_files")
+    return (files.CorpusFileError,) if files is not None else ()
+
+
 def is_user_error(err: BaseException) -> bool:
     """An error a user can act on from its message: a bad file, path or value."""
-    kinds: tuple[type[BaseException], ...] = (OSError, ValueError, TypeError)
-    corpus = sys.modules.get("text2brain.neuroquery_files")  # imported if it raised
-    if corpus is not None:
-        kinds += (corpus.CorpusFileError,)
-    return isinstance(err, kinds)
+    return isinstance(err, (OSError, ValueError, TypeError, *corpus_file_errors()))
 
 
-def run_command(name: str, command: Callable[[list[str]], None], argv: list[str]) -> None:
+def run_command(
+    name: str,
+    command: Callable[[list[str]], None],
+    argv: list[str],
+    user_error: Callable[[BaseException], bool] = is_user_error,
+) -> None:
     """Run `text2brain NAME` with its arguments; a user error is one line and exit status 2."""
     try:
         command(argv)
     except Exception as err:
-        if debugging(argv) or not is_user_error(err):
+        if debugging(argv) or not user_error(err):
             raise
         message = " ".join(str(err).splitlines()) or type(err).__name__
         print(f"text2brain {name}: error: {message}", file=sys.stderr)
