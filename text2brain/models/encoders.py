@@ -419,12 +419,22 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str,
     return tensors
 
 
+def _unpadded(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[tuple[list, list]]:
+    """(token ids, special-token mask) of each text once cut at `max_length`, no padding."""
+    if isinstance(tokenizer, BertTokenizerFile):
+        return [
+            (e.ids[: sum(e.attention_mask)], e.special_tokens_mask[: sum(e.attention_mask)])
+            for e in tokenizer.encode(list(texts), max_length)
+        ]
+    enc = tokenizer(
+        list(texts), truncation=True, max_length=max_length, return_special_tokens_mask=True
+    )
+    return list(zip(enc["input_ids"], enc["special_tokens_mask"], strict=True))
+
+
 def token_lengths(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[int]:
     """Tokens of each text once cut at `max_length` (special tokens included, no padding)."""
-    if isinstance(tokenizer, BertTokenizerFile):
-        return [sum(e.attention_mask) for e in tokenizer.encode(list(texts), max_length)]
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    return [len(i) for i in ids]
+    return [len(ids) for ids, _ in _unpadded(tokenizer, texts, max_length)]
 
 
 def token_counts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[tuple[int, int]]:
@@ -434,19 +444,9 @@ def token_counts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[
     [UNK], which stands for any piece outside its vocabulary (emoji, most scripts a vocabulary
     was not built for), so a text of them only is one the model cannot read.
     """
-    texts = list(texts)
-    if isinstance(tokenizer, BertTokenizerFile):
-        encodings = tokenizer.encode(texts, max_length)
-        rows = [(e.ids, e.special_tokens_mask, e.attention_mask) for e in encodings]
-    else:
-        enc = tokenizer(
-            texts, truncation=True, max_length=max_length, return_special_tokens_mask=True
-        )
-        pairs = zip(enc["input_ids"], enc["special_tokens_mask"], strict=True)
-        rows = [(ids, special, [1] * len(ids)) for ids, special in pairs]
     unk = tokenizer.unk_token_id
     counts = []
-    for ids, special, attention in rows:
-        words = [i for i, s, a in zip(ids, special, attention, strict=True) if a and not s]
+    for ids, special in _unpadded(tokenizer, texts, max_length):
+        words = [i for i, s in zip(ids, special, strict=True) if not s]
         counts.append((len(words), sum(i == unk for i in words) if unk is not None else 0))
     return counts
