@@ -9,14 +9,9 @@ import pytest
 import torch
 from synthetic import TINY_VOCABULARY
 
-from text2brain.models.decoders import (
-    ACTIVATIONS,
-    NORMS,
-    BrainEncoder,
-    Text2BrainDecoder,
-    make_activation,
-    make_norm,
-)
+from text2brain.models.blocks import ACTIVATIONS, NORMS, make_activation, make_norm
+from text2brain.models.brain_encoder import BrainEncoder
+from text2brain.models.decoders import Text2BrainDecoder
 from text2brain.models.encoders import (
     DEFAULT_ENCODER,
     TextEncoder,

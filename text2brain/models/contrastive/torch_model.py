@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from text2brain import lorentz
+from text2brain.models.brain_encoder import BrainEncoder
 from text2brain.models.contrastive import losses
 from text2brain.models.contrastive.retrieval import scale_maps
-from text2brain.models.decoders import BrainEncoder
 from text2brain.models.encoders import TextEncoder
 
 MODALITIES = ("text", "brain")
