@@ -21,13 +21,14 @@ InitArgs = dict[str, Any]
 def _text2brain(encoder: str) -> InitArgs:
     # Decoder 1 -> 3 -> 7 -> 15 voxels a side (+2 from the last conv), cropped to the grid.
     return {
-        "encoder": encoder,
-        "pretrained": False,
-        "seed_shape": [1, 1, 1],
-        "seed_channels": 8,
-        "channels": [8, 4, 4],
-        "output_crop": [12, 14, 12],
-        "output_offset": [0, 0, 0],
+        "text": {"encoder": encoder, "pretrained": False, "freeze_layers": 2},
+        "decoder": {
+            "seed_shape": [1, 1, 1],
+            "seed_channels": 8,
+            "channels": [8, 4, 4],
+            "output_crop": [12, 14, 12],
+            "output_offset": [0, 0, 0],
+        },
     }
 
 
@@ -57,12 +58,9 @@ def _neuroquery(encoder: str) -> InitArgs:
 def _contrastive(encoder: str) -> InitArgs:
     # Brain encoder 12x14x12 -> 6x7x6 -> 3x3x3; 16-d embeddings.
     return {
-        "encoder": encoder,
-        "pretrained": False,
+        "text": {"encoder": encoder, "pretrained": False},
+        "brain": {"channels": [4, 8], "crop": [12, 14, 12], "offset": [0, 0, 0]},
         "embed_dim": 16,
-        "brain_channels": [4, 8],
-        "brain_crop": [12, 14, 12],
-        "brain_offset": [0, 0, 0],
         "retrieval_k": 5,
     }
 
@@ -81,6 +79,17 @@ TINY_CONFIGS: dict[str, Callable[[str], InitArgs]] = {
 def missing_configs() -> list[str]:
     """Registered heads without a tiny config (should be empty)."""
     return sorted(set(MODELS) - set(TINY_CONFIGS))
+
+
+def merged(init_args: InitArgs, overrides: InitArgs) -> InitArgs:
+    """`init_args` with `overrides` on top; a settings group (a dict) is merged field by field."""
+    result = dict(init_args)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = {**result[key], **value}
+        else:
+            result[key] = value
+    return result
 
 
 def tiny_init_args(name: str, encoder: str | PathLike[str]) -> InitArgs:

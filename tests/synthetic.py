@@ -192,7 +192,7 @@ def train_tiny_text2brain(folder: Path, encoder: Path, **overrides: object) -> P
     """
     import lightning as L
     import pytest
-    from model_configs import tiny_init_args
+    from model_configs import merged, tiny_init_args
 
     from text2brain.models.text2brain import Text2Brain
     from text2brain.paths import CACHE_DIR_ENV
@@ -201,7 +201,7 @@ def train_tiny_text2brain(folder: Path, encoder: Path, **overrides: object) -> P
         mp.setenv(CACHE_DIR_ENV, str(folder / "cache"))
         data = tiny_datamodule(write_corpus_files(folder), encoder)
         L.seed_everything(0, verbose=False)
-        model = Text2Brain(**{**tiny_init_args("text2brain", encoder), **overrides})
+        model = Text2Brain(**merged(tiny_init_args("text2brain", encoder), overrides))
         trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
         trainer.fit(model, datamodule=data)
         path = folder / "tiny.ckpt"

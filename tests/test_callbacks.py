@@ -456,7 +456,7 @@ def test_cli_logs_full_config(
     logged = hparams["config"]
     assert {"model", "data", "trainer"} <= set(logged)
     assert logged["model"]["class_path"] == "text2brain.models.text2brain.Text2Brain"
-    assert logged["model"]["init_args"]["seed_channels"] == 8
+    assert logged["model"]["init_args"]["decoder"]["seed_channels"] == 8
     assert logged["data"]["n_val"] == 8
     assert logged["trainer"]["max_epochs"] == 1
     assert (log_dir / "config.yaml").is_file()

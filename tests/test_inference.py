@@ -301,7 +301,7 @@ def test_weights_that_do_not_fit(tmp_path: Path, ckpt_dict: dict[str, Any]) -> N
     assert "1 missing: net.decoder.head.0.bias" in message
     assert "1 unexpected: net.extra.weight" in message
     # Hyper-parameters describing another decoder: the shapes disagree.
-    ckpt_dict["hyper_parameters"]["channels"] = [8, 8, 4]
+    ckpt_dict["hyper_parameters"]["decoder"]["channels"] = [8, 8, 4]
     path = _save(ckpt_dict, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match=r"with another shape: net\.decoder\.blocks\.1\.0"):
         load_predictor(path)

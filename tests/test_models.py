@@ -17,7 +17,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from model_configs import missing_configs, tiny_init_args
+from model_configs import merged, missing_configs, tiny_init_args
 from synthetic import (
     ellipsoid_space,
     quiet_trainer,
@@ -87,7 +87,7 @@ def model_name(request: pytest.FixtureRequest) -> str:
 
 def make_model(name: str, tiny_bert: Path, **overrides: Any) -> BrainMapModule:
     cls = model_class(name)
-    return cls(**{**tiny_init_args(name, tiny_bert), **overrides})
+    return cls(**merged(tiny_init_args(name, tiny_bert), overrides))
 
 
 def needs_gradient(model_name: str) -> None:
@@ -135,16 +135,18 @@ def test_registered_names_resolve_without_import() -> None:
     assert registered_name("t2b_evil.models.text2brain.Text2Brain") is None
 
 
-def test_inference_classes_take_the_heads_arguments() -> None:
-    """An inference class takes its LightningModule's arguments but the optimisation ones."""
+def test_inference_classes_take_the_heads_arguments(tiny_bert: Path) -> None:
+    """An inference class is built from its LightningModule's saved arguments, less the
+    optimisation ones, and refuses an argument the head does not take by name."""
     for name in INFERENCE_MODELS:
-        trained = inspect.signature(model_class(name)).parameters
-        inference = inspect.signature(inference_class(name)).parameters
-        assert {k: p.default for k, p in inference.items()} == {
-            k: p.default for k, p in trained.items() if k not in TRAINING_HPARAMS
-        }
-        assert set(trained) - set(inference) == set(TRAINING_HPARAMS)
-        assert not issubclass(inference_class(name), BrainMapModule)
+        head = model_class(name)(**tiny_init_args(name, tiny_bert))
+        saved = {k: v for k, v in head.hparams.items() if k not in TRAINING_HPARAMS}
+        assert set(head.hparams) - set(saved) == set(TRAINING_HPARAMS)
+        inference = inference_class(name)(**saved)
+        assert not isinstance(inference, BrainMapModule)
+        assert inference.text_settings == head.text_settings
+        with pytest.raises(TypeError, match="unexpected_option"):
+            inference_class(name)(**saved, unexpected_option=1)
 
 
 def test_tiny_config_of_an_unknown_model_is_a_clear_error(tiny_bert: Path) -> None:
@@ -274,7 +276,9 @@ def test_optimizer_groups(
     model_name: str, tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path
 ) -> None:
     needs_gradient(model_name)
-    model = make_model(model_name, tiny_bert, encoder_lr=1e-4, lr=2e-3, weight_decay=0.05)
+    model = make_model(
+        model_name, tiny_bert, optim={"encoder_lr": 1e-4, "lr": 2e-3, "weight_decay": 0.05}
+    )
     trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
     (optimizer,) = trainer.optimizers
@@ -303,7 +307,9 @@ def test_lr_schedule_is_stepped_every_optimizer_step(
     # Gradient accumulation makes optimizer steps differ from batches; 5 steps of 2 batches
     # fit in the first epoch, so a scheduler stepped per epoch would keep the first LR.
     needs_gradient(model_name)
-    model = make_model(model_name, tiny_bert, warmup_steps=3, schedule="cosine", lr=1e-3)
+    model = make_model(
+        model_name, tiny_bert, optim={"warmup_steps": 3, "schedule": "cosine", "lr": 1e-3}
+    )
     record = RecordSteps()
     trainer = make_trainer(
         tmp_path, max_steps=5, accumulate_grad_batches=2, limit_val_batches=0, callbacks=[record]

@@ -130,7 +130,8 @@ def _with_base_encoder(
     own = model.state_dict()
     unknown = [k for k in keys if k not in own]
     if unknown or state_fingerprint(own, keys) != base_encoder.get("fingerprint"):
-        encoder = getattr(model.hparams, "encoder", None)
+        settings = getattr(model, "text_settings", None)
+        encoder = getattr(settings, "encoder", None)
         raise CheckpointError(
             f"{str(path)!r} needs the base text encoder {encoder!r} it was exported against, "
             "but the installed one has other weights (another version of its package?); "
@@ -251,8 +252,8 @@ def build_model(
         if not str(k).startswith("_") and k not in cls.ignored_hparams
     }
     params = inspect.signature(cls.__init__).parameters
-    if "pretrained" in params:
-        hparams["pretrained"] = pretrained
+    if isinstance(hparams.get("text"), dict):
+        hparams["text"] = {**hparams["text"], "pretrained": pretrained}
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = sorted(set(hparams) - set(params))
     name = model_name(cls)

@@ -188,8 +188,8 @@ class Predictor:
         encoder = next((m for m in self.model.modules() if isinstance(m, TextEncoder)), None)
         if encoder is None:
             return None
-        hparams = getattr(self.model, "hparams", None)
-        limit = encoder.token_limit(getattr(hparams, "max_length", encoder.max_length))
+        settings = getattr(self.model, "text_settings", None)
+        limit = encoder.token_limit(getattr(settings, "max_length", encoder.max_length))
         return token_counts(encoder.tokenizer, texts, limit)
 
     def unknown_token_fraction(self, texts: Sequence[str]) -> np.ndarray:

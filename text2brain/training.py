@@ -111,11 +111,12 @@ class Text2BrainCLI(LightningCLI):
     @staticmethod
     def _check_tokenizer(config: Any) -> None:
         model_args = config.model.init_args if "init_args" in config.model else {}
-        encoder = model_args.get("encoder") if hasattr(model_args, "get") else None
+        text = model_args.get("text") if hasattr(model_args, "get") else None
+        encoder = text.get("encoder") if hasattr(text, "get") else None
         tokenizer = config.data.tokenizer if "tokenizer" in config.data else None
         if config.check_tokenizer and encoder and tokenizer and encoder != tokenizer:
             raise ValueError(
-                f"data.tokenizer ({tokenizer!r}) differs from model.init_args.encoder "
+                f"data.tokenizer ({tokenizer!r}) differs from model.init_args.text.encoder "
                 f"({encoder!r}): set both to the same name (or pass --check_tokenizer false)"
             )
 

@@ -19,6 +19,7 @@ default step before the cache (cache off, bf16-mixed where native, else 32-true)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -106,7 +107,7 @@ def run_variant(
     model: Text2Brain, data: TextMapDataModule, precision: str, cache: bool, steps: int
 ) -> dict[str, float]:
     """One profiled fit of `steps` steps: the mean step, the loader wait, the fit-start setup."""
-    model.hparams.embedding_cache = cache
+    model.text_settings = dataclasses.replace(model.text_settings, embedding_cache=cache)
     model.text_cache = None
     # The per-hook table goes to a file in the run folder, not the terminal.
     profiler = SimpleProfiler(
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{args.model}: batch {args.batch_size}, {args.steps} steps a run, "
         f"{args.num_workers} loader workers; text encoder frozen: "
-        f"{model.hparams.freeze_embeddings and model.hparams.freeze_layers}"
+        f"{model.text_settings.freeze_embeddings and model.text_settings.freeze_layers}"
     )
     rows = []
     for precision, cache in variants:

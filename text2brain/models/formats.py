@@ -11,6 +11,9 @@ History:
 - 2: the Text2Brain ridge readout is stored as two factors, `readout_in` (d, rank) and
   `readout_out` (rank, voxels), so it can have a reduced rank; format 1 stored `readout_weight`
   (d, voxels), which is `readout_in` = identity, `readout_out` = that weight.
+- 3: a head's shared settings are grouped in its hyper-parameters (`text`, `brain`, `decoder`,
+  `optim`: text2brain.models.settings); format 2 had every field flat (`encoder_lr`,
+  `brain_channels`, ...).
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from typing import Any
 
 import torch
 
+from text2brain.models.settings import group_legacy_hparams
+
 #: Version of what text2brain stores in a checkpoint (under the "text2brain" key).
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 #: The oldest format this text2brain can upgrade.
 OLDEST_FORMAT = 1
 
@@ -36,8 +41,17 @@ def _factor_ridge_readout(checkpoint: dict[str, Any]) -> None:
         state["readout_out"] = weight
 
 
+def _group_settings(checkpoint: dict[str, Any]) -> None:
+    """Format 2 -> 3: flat hyper-parameters move into their settings groups."""
+    if isinstance(checkpoint.get("hyper_parameters"), dict):
+        checkpoint["hyper_parameters"], _ = group_legacy_hparams(checkpoint["hyper_parameters"])
+
+
 #: version -> the upgrade of a checkpoint dict from that version to the next, in place.
-UPGRADES: dict[int, Callable[[dict[str, Any]], None]] = {1: _factor_ridge_readout}
+UPGRADES: dict[int, Callable[[dict[str, Any]], None]] = {
+    1: _factor_ridge_readout,
+    2: _group_settings,
+}
 
 
 def upgrade_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:

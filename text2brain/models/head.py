@@ -15,17 +15,9 @@ from torch import Tensor, nn
 from text2brain.brain import BrainSpace
 from text2brain.models.formats import upgrade_checkpoint
 
-#: Arguments that only matter for training (`BrainMapModule`'s optimisation, the text heads'
-#: embedding cache): a checkpoint's hyper-parameters hold them, and an inference class
-#: ignores them.
-TRAINING_HPARAMS = (
-    "encoder_lr",
-    "lr",
-    "weight_decay",
-    "warmup_steps",
-    "schedule",
-    "embedding_cache",
-)
+#: Arguments that only matter for training (`BrainMapModule`'s optimisation settings): a
+#: checkpoint's hyper-parameters hold them, and an inference class ignores them.
+TRAINING_HPARAMS = ("optim",)
 
 
 class BrainMapHead(nn.Module):

@@ -31,14 +31,27 @@ from text2brain.models.embedding_cache import (
 )
 from text2brain.models.encoders import TextEncoder, token_lengths
 from text2brain.models.formats import state_fingerprint
+from text2brain.models.settings import OptimSettings, TextEncoderSettings, as_settings
 from text2brain.paths import cache_dir
 
 
 class TextEncoderHead(BrainMapModule):
-    """Base of the heads whose text side is a `TextEncoder` at ``self.net.text_encoder``."""
+    """Base of the heads whose text side is a `TextEncoder` at ``self.net.text_encoder``.
+
+    Args:
+        text: the text encoder (text2brain.models.settings.TextEncoderSettings).
+        optim: the optimisation (text2brain.models.settings.OptimSettings).
+    """
 
     #: The frozen encoder's vectors of the data's texts, attached at fit start (or None).
     text_cache: EmbeddingCache | None = None
+
+    def __init__(
+        self, text: TextEncoderSettings | None = None, optim: OptimSettings | None = None
+    ) -> None:
+        super().__init__()
+        self.text_settings = as_settings(TextEncoderSettings, text)
+        self.optim_settings = as_settings(OptimSettings, optim)
 
     @property
     def text_encoder(self) -> TextEncoder:
@@ -58,7 +71,7 @@ class TextEncoderHead(BrainMapModule):
 
     # -- texts -> pooled encoder vectors ------------------------------------------------------
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        return self.text_encoder.tokenize(texts, self.hparams.max_length)
+        return self.text_encoder.tokenize(texts, self.text_settings.max_length)
 
     def text_features(self, batch: dict[str, Any]) -> Tensor:
         """Pooled encoder vectors (batch, dim) of the batch's texts (its `tokens` if any)."""
@@ -116,7 +129,7 @@ class TextEncoderHead(BrainMapModule):
         """
         if (
             self.text_cache is not None
-            or not self.hparams.get("embedding_cache", True)
+            or not self.text_settings.embedding_cache
             or not self.encoder_frozen
         ):
             return
@@ -126,7 +139,7 @@ class TextEncoderHead(BrainMapModule):
         texts = datamodule.cacheable_texts()
         encoder = self.text_encoder
         settings = {
-            "max_length": encoder.token_limit(self.hparams.max_length),
+            "max_length": encoder.token_limit(self.text_settings.max_length),
             "pooling": encoder.pooling,
             "precision": str(self.trainer.precision),
         }

@@ -28,6 +28,7 @@ from text2brain.models.brain_encoder import BrainEncoder
 from text2brain.models.contrastive import losses
 from text2brain.models.contrastive.retrieval import scale_maps
 from text2brain.models.encoders import TextEncoder
+from text2brain.models.settings import BrainEncoderSettings, as_settings
 
 MODALITIES = ("text", "brain")
 
@@ -181,8 +182,7 @@ class ContrastiveNet(nn.Module):
         grid_shape: the brain grid; maps are scattered back onto it for the 3D CNN.
         mask_index: flat grid indices of the mask voxels (the order of masked vectors).
         embed_dim: feature size of both modalities.
-        brain_channels, brain_norm, brain_activation, brain_offset, brain_crop,
-            brain_dropout: the `BrainEncoder`.
+        brain: the `BrainEncoder` (text2brain.models.settings.BrainEncoderSettings).
     """
 
     def __init__(
@@ -192,14 +192,11 @@ class ContrastiveNet(nn.Module):
         grid_shape: Sequence[int],
         mask_index: Tensor,
         embed_dim: int = 256,
-        brain_channels: Sequence[int] = (8, 16, 32),
-        brain_norm: str = "batch",
-        brain_activation: str = "hardtanh",
-        brain_offset: Sequence[int] | None = None,
-        brain_crop: Sequence[int] | None = None,
-        brain_dropout: float = 0.1,
+        brain: BrainEncoderSettings | None = None,
     ) -> None:
         super().__init__()
+        brain = as_settings(BrainEncoderSettings, brain)
+        self.embed_dim = embed_dim
         self.text_encoder = text_encoder
         # As CLIP and MERU: a LayerNorm, then a projection initialised with std 1/sqrt(width),
         # so projected features have a norm near sqrt(embed_dim) whatever the encoder's output
@@ -213,12 +210,12 @@ class ContrastiveNet(nn.Module):
         self.brain_encoder = BrainEncoder(
             embed_dim,
             grid_shape=tuple(grid_shape),
-            channels=tuple(brain_channels),
-            norm=brain_norm,
-            activation=brain_activation,
-            output_offset=None if brain_offset is None else tuple(brain_offset),
-            output_crop=None if brain_crop is None else tuple(brain_crop),
-            dropout=brain_dropout,
+            channels=tuple(brain.channels),
+            norm=brain.norm,
+            activation=brain.activation,
+            output_offset=None if brain.offset is None else tuple(brain.offset),
+            output_crop=None if brain.crop is None else tuple(brain.crop),
+            dropout=brain.dropout,
         )
         self.geometry = geometry
         self.grid_shape = tuple(grid_shape)

@@ -19,10 +19,6 @@ class CorpusMean(ClosedFormModule):
     scores well above chance; a model that does not beat it has learnt nothing from the text.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-
     def build(self, space: BrainSpace) -> None:
         self.register_buffer("mean_map", torch.zeros(space.n_voxels))
 

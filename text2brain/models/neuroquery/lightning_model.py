@@ -32,8 +32,8 @@ class NeuroQuery(TermHead):
     shows its maps, is monotone and leaves the rank-based metric unchanged, so it is skipped.
 
     Args:
-        vocabulary, synonyms, data_dir, document_fields, min_documents, unknown_query: see
-            TermHead.
+        **kwargs: TermHead's arguments (vocabulary, synonyms, data_dir, document_fields,
+            min_documents, unknown_query).
         alphas: ridge penalties to choose from (default: 0.1 .. 1000, 9 values).
         loo_voxels: choose alpha on this many random voxels (None: all voxels).
         smoothing_weight: w in (1 - w) x + w x N (NeuroQuery: 0.1; 0 turns smoothing off).
@@ -49,12 +49,6 @@ class NeuroQuery(TermHead):
 
     def __init__(
         self,
-        vocabulary: str | list[str] = "neuroquery",
-        synonyms: str | dict[str, str] | None = "neuroquery",
-        data_dir: str | None = None,
-        document_fields: list[str] | None = None,
-        min_documents: int = 1,
-        unknown_query: str = "zero",
         alphas: list[float] | None = None,
         loo_voxels: int | None = 1000,
         smoothing_weight: float = 0.1,
@@ -62,10 +56,9 @@ class NeuroQuery(TermHead):
         nmf_iterations: int = 50,
         coef_dtype: str = "float16",
         seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            vocabulary, synonyms, data_dir, document_fields, min_documents, unknown_query
-        )
+        super().__init__(**kwargs)
         if alphas is not None and (not alphas or min(alphas) <= 0):
             raise ValueError(f"alphas must be a non-empty list of positive numbers, got {alphas}")
         if loo_voxels is not None and loo_voxels < 1:
@@ -76,7 +69,6 @@ class NeuroQuery(TermHead):
             raise ValueError("smoothing_components and nmf_iterations must be >= 1")
         if coef_dtype not in COEF_DTYPES:
             raise ValueError(f"coef_dtype must be one of {sorted(COEF_DTYPES)}, got {coef_dtype!r}")
-        self.save_hyperparameters()
 
     @property
     def alphas(self) -> list[float]:

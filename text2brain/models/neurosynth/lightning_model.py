@@ -33,8 +33,8 @@ class Neurosynth(TermHead):
     study), so a query costs one histogram of its studies' active voxels.
 
     Args:
-        vocabulary, synonyms, data_dir, document_fields, min_documents, unknown_query: see
-            TermHead.
+        **kwargs: TermHead's arguments (vocabulary, synonyms, data_dir, document_fields,
+            min_documents, unknown_query).
         about_threshold: TF-IDF (unit-norm rows) from which a study is about a term.
         activation: "sphere": voxels within `radius_mm` of a peak (Neurosynth); "map": the
             article's Gaussian map at or above `map_threshold` times its maximum.
@@ -55,21 +55,14 @@ class Neurosynth(TermHead):
 
     def __init__(
         self,
-        vocabulary: str | list[str] = "neuroquery",
-        synonyms: str | dict[str, str] | None = "neuroquery",
-        data_dir: str | None = None,
-        document_fields: list[str] | None = None,
-        min_documents: int = 1,
-        unknown_query: str = "zero",
         about_threshold: float = 0.001,
         activation: str = "sphere",
         radius_mm: float = 6.0,
         map_threshold: float = 0.3,
         fdr_q: float | None = 0.01,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            vocabulary, synonyms, data_dir, document_fields, min_documents, unknown_query
-        )
+        super().__init__(**kwargs)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         if not 0 < about_threshold < 1:
@@ -80,7 +73,6 @@ class Neurosynth(TermHead):
             raise ValueError(f"map_threshold must be in (0, 1], got {map_threshold}")
         if fdr_q is not None and not 0 < fdr_q < 1:
             raise ValueError(f"fdr_q must be in (0, 1) or None, got {fdr_q}")
-        self.save_hyperparameters()
 
     def build(self, space: BrainSpace) -> None:
         super().build(space)

@@ -10,13 +10,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from text2brain.models.encoders import DEFAULT_ENCODER
+from text2brain.models.settings import DecoderSettings, OptimSettings, TextEncoderSettings
 from text2brain.models.text2brain.readout import fit_ridge_readout
-from text2brain.models.text2brain.torch_model import (
-    Text2BrainMaths,
-    Text2BrainNet,
-    check_options,
-)
+from text2brain.models.text2brain.torch_model import Text2BrainMaths
 from text2brain.models.text_head import TextEncoderHead
 
 
@@ -27,19 +23,17 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
     Lightning-free `Text2BrainInference` shares; this class adds the training.
 
     The loss covers mask voxels only (the original code's loss did not, while its metric did).
-    Defaults follow the paper's architecture (4x5x4x64 seed, 32/16/8 channels, batch norm,
-    Hardtanh(-6, 6), output placed at [3:-3, 3:-4, :-6] of the 4 mm grid) with the bundled
-    MiniLM encoder; `encoder: allenai/scibert_scivocab_uncased, pooling: pooler` is the paper's.
+    The decoder is the paper's (DecoderSettings' defaults) and the defaults are those of the
+    main job (configs/model/text2brain.yaml): the bundled MiniLM kept frozen, max-normalised
+    targets, the residual mean map and a rank-32 ridge readout. The paper's fine-tuned encoder
+    is configs/model/text2brain-finetune.yaml; its SciBERT is `text: {encoder:
+    allenai/scibert_scivocab_uncased, pooling: pooler}`.
 
     Args:
-        encoder: Hugging Face model name or local path (default: the bundled MiniLM).
-        pooling: "mean", "cls" or "pooler".
-        freeze_embeddings, freeze_layers: freeze the embeddings / the lowest N layers.
-        pretrained: False builds the encoder with random weights (tests, ablations).
-        max_length: token limit when the head tokenises raw text itself.
-        embedding_cache: with a frozen encoder, embed every text the data can give once at
-            fit start and read the vectors from the cache folder afterwards
-            (text2brain.models.text_head); no effect on a trained encoder.
+        text: the text encoder (text2brain.models.settings.TextEncoderSettings); frozen by
+            default (embeddings and all 6 MiniLM layers).
+        decoder: the transposed 3-D CNN (text2brain.models.settings.DecoderSettings).
+        optim: the optimisation (text2brain.models.settings.OptimSettings).
         target_normalisation: "none", or "max" to divide each target by its maximum (the
             released Text2Brain code did); predictions are then on that scale.
         residual: predict the offset from the training split's mean map (kept in the
@@ -47,52 +41,26 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
             corpus-mean floor instead of below it, and the decoder learns what a text changes.
         readout: "none", or "ridge" to add a linear readout from the text embedding to the
             map, fitted in closed form at the start of `fit` (ridge on the starting encoder's
-            embeddings of the training titles, penalty by leave-one-out; see
-            text2brain.models.text2brain.readout) and kept fixed; the decoder and the encoder
-            then learn what it misses. Short CPU budgets need it to leave the floor.
+            embeddings of the training titles, penalty by leave-one-out) and kept fixed; the
+            decoder and the encoder then learn what it misses. Short CPU budgets need it to
+            leave the floor.
         readout_rank: keep this many directions of the readout (reduced-rank ridge, stored as
             two factors); None keeps the full rank (the embedding size). A low rank regularises
             and shrinks the checkpoint: on NeuroQuery rank 32 beats the full rank.
-        seed_shape, seed_channels, channels, dropout, norm, activation, output_crop,
-            output_offset, output_norm_act: the decoder (text2brain.models.decoders.
-            Text2BrainDecoder); None for seed_shape / channels / output_crop / output_offset
-            means the paper's values on the 4 mm grid: [4, 5, 4], [32, 16, 8], [40, 48, 40]
-            placed at [3, 3, 0].
-        encoder_lr, lr, weight_decay, warmup_steps, schedule: see BrainMapModule.
     """
 
     def __init__(
         self,
-        encoder: str = DEFAULT_ENCODER,
-        pooling: str = "mean",
-        freeze_embeddings: bool = False,
-        freeze_layers: int = 0,
-        pretrained: bool = True,
-        max_length: int = 128,
-        embedding_cache: bool = True,
-        target_normalisation: str = "none",
+        text: TextEncoderSettings = TextEncoderSettings(freeze_embeddings=True, freeze_layers=6),
+        decoder: DecoderSettings = DecoderSettings(),
+        optim: OptimSettings = OptimSettings(encoder_lr=1e-5, lr=1e-2),
+        target_normalisation: str = "max",
         residual: bool = True,
-        readout: str = "none",
-        readout_rank: int | None = None,
-        seed_shape: list[int] | None = None,
-        seed_channels: int = 64,
-        channels: list[int] | None = None,
-        dropout: float = 0.5,
-        norm: str = "batch",
-        activation: str = "hardtanh",
-        output_crop: list[int] | None = None,
-        output_offset: list[int] | None = None,
-        output_norm_act: bool = False,
-        encoder_lr: float = 3e-5,
-        lr: float = 3e-3,
-        weight_decay: float = 0.01,
-        warmup_steps: float = 0.05,
-        schedule: str = "cosine",
+        readout: str = "ridge",
+        readout_rank: int | None = 32,
     ) -> None:
-        super().__init__(encoder_lr, lr, weight_decay, warmup_steps, schedule)
-        check_options(target_normalisation, readout, readout_rank)
-        self.save_hyperparameters()
-        self.net: Text2BrainNet | None = None
+        super().__init__(text=text, optim=optim)
+        self.configure(text, decoder, target_normalisation, residual, readout, readout_rank)
 
     def on_fit_start(self) -> None:
         """Fit the mean map and the readout from the training split, unless resuming.
@@ -105,9 +73,9 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
         super().on_fit_start()
         if self.trainer.ckpt_path is not None:
             return
-        if self.hparams.residual:
+        if self.residual:
             self.mean_map.copy_(self.training_mean_map())
-        if self.hparams.readout == "ridge":
+        if self.readout == "ridge":
             self.fit_readout()
 
     @torch.no_grad()
@@ -131,7 +99,7 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
             targets = targets[rows]
         for block in targets.split(1024):
             block.copy_(self.normalise_target(block))
-        if self.hparams.residual:
+        if self.residual:
             targets -= self.mean_map.cpu()
         fit = fit_ridge_readout(embeddings, targets, rank=self.readout_in.shape[1])
         self.readout_in.copy_(fit.weight_in)
@@ -146,7 +114,7 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
         return self.masked_maps(self.text_features(batch))
 
     def normalise_target(self, target: Tensor) -> Tensor:
-        if self.hparams.target_normalisation == "max":
+        if self.target_normalisation == "max":
             return target / target.amax(dim=1, keepdim=True).clamp_min(1e-12)
         return target
 

@@ -8,6 +8,7 @@ dicts, and every checkpoint and export, are interchangeable.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -17,8 +18,13 @@ from torch import Tensor, nn
 
 from text2brain.brain import BrainSpace
 from text2brain.models.decoders import Text2BrainDecoder
-from text2brain.models.encoders import DEFAULT_ENCODER, TextEncoder
+from text2brain.models.encoders import TextEncoder
 from text2brain.models.head import BrainMapHead
+from text2brain.models.settings import (
+    DecoderSettings,
+    TextEncoderSettings,
+    as_settings,
+)
 
 TARGET_NORMALISATIONS = ("none", "max")
 READOUTS = ("none", "ridge")
@@ -31,30 +37,23 @@ class Text2BrainNet(nn.Module):
         self,
         text_encoder: TextEncoder,
         grid_shape: Sequence[int],
-        seed_shape: Sequence[int] = (4, 5, 4),
-        seed_channels: int = 64,
-        channels: Sequence[int] = (32, 16, 8),
-        dropout: float = 0.5,
-        norm: str = "batch",
-        activation: str = "hardtanh",
-        output_crop: Sequence[int] | None = (40, 48, 40),
-        output_offset: Sequence[int] | None = (3, 3, 0),
-        output_norm_act: bool = False,
+        decoder: DecoderSettings | None = None,
     ) -> None:
         super().__init__()
+        settings = as_settings(DecoderSettings, decoder)
         self.text_encoder = text_encoder
         self.decoder = Text2BrainDecoder(
             in_dim=text_encoder.dim,
             grid_shape=tuple(grid_shape),
-            seed_shape=tuple(seed_shape),
-            seed_channels=seed_channels,
-            channels=tuple(channels),
-            dropout=dropout,
-            norm=norm,
-            activation=activation,
-            output_crop=None if output_crop is None else tuple(output_crop),
-            output_offset=None if output_offset is None else tuple(output_offset),
-            output_norm_act=output_norm_act,
+            seed_shape=tuple(settings.seed_shape),
+            seed_channels=settings.seed_channels,
+            channels=tuple(settings.channels),
+            dropout=settings.dropout,
+            norm=settings.norm,
+            activation=settings.activation,
+            output_crop=tuple(settings.output_crop),
+            output_offset=tuple(settings.output_offset),
+            output_norm_act=settings.output_norm_act,
         )
         # Channels-last 3-D convolutions: 1.5-2x faster on CPU (oneDNN), the layout tensor
         # cores prefer under mixed precision on GPUs. Set here so that training, a loaded
@@ -81,40 +80,46 @@ def check_options(target_normalisation: str, readout: str, readout_rank: int | N
 
 
 class Text2BrainMaths:
-    """The Text2Brain computation, mixed into a `BrainMapHead` that has `hparams` (see Text2Brain).
+    """The Text2Brain computation, mixed into a `BrainMapHead` (see Text2Brain).
 
     texts -> `text_embedding` (the encoder's tokens and vector) -> `masked_maps` (decoder + ridge
     readout + training-mean map). A mixin rather than a module of its own, so the weights stay
     where checkpoints have them (`net.*`, `mean_map`, `readout_*`).
     """
 
-    hparams: Any
     net: Text2BrainNet | None
     mask_index: Tensor
+    inference_only: bool
+
+    def configure(
+        self,
+        text: TextEncoderSettings | dict[str, Any] | None,
+        decoder: DecoderSettings | dict[str, Any] | None,
+        target_normalisation: str,
+        residual: bool,
+        readout: str,
+        readout_rank: int | None,
+    ) -> None:
+        """Check and keep the head's settings (both classes' constructors call this)."""
+        check_options(target_normalisation, readout, readout_rank)
+        self.text_settings = as_settings(TextEncoderSettings, text)
+        self.decoder_settings = as_settings(DecoderSettings, decoder)
+        self.target_normalisation = target_normalisation
+        self.residual = residual
+        self.readout = readout
+        self.readout_rank = readout_rank
+        self.net = None
 
     def build(self, space: BrainSpace) -> None:
-        hp = self.hparams
-        text_encoder = TextEncoder.from_hparams(hp, inference=self.inference_only)
-        self.net = Text2BrainNet(
-            text_encoder,
-            grid_shape=space.shape,
-            seed_shape=hp.seed_shape or (4, 5, 4),
-            seed_channels=hp.seed_channels,
-            channels=hp.channels or (32, 16, 8),
-            dropout=hp.dropout,
-            norm=hp.norm,
-            activation=hp.activation,
-            output_crop=hp.output_crop or (40, 48, 40),
-            output_offset=hp.output_offset or (3, 3, 0),
-            output_norm_act=hp.output_norm_act,
-        )
-        if hp.residual:
+        text_encoder = TextEncoder.from_settings(self.text_settings, inference=self.inference_only)
+        self.net = Text2BrainNet(text_encoder, space.shape, self.decoder_settings)
+        if self.residual:
             self.register_buffer("mean_map", torch.zeros(space.n_voxels))
             output = self.net.decoder.head[0]
             nn.init.zeros_(output.weight)
             nn.init.zeros_(output.bias)
-        if hp.readout == "ridge":
-            rank = min(hp.readout_rank or text_encoder.dim, text_encoder.dim)
+        if self.readout == "ridge":
+            rank = min(self.readout_rank or text_encoder.dim, text_encoder.dim)
             self.register_buffer("readout_in", torch.zeros(text_encoder.dim, rank))
             self.register_buffer("readout_out", torch.zeros(rank, space.n_voxels))
             self.register_buffer("readout_bias", torch.zeros(space.n_voxels))
@@ -122,17 +127,19 @@ class Text2BrainMaths:
     def text_embedding(self, batch: dict[str, Any]) -> Tensor:
         """(batch, dim) text embeddings of a batch (its `tokens`, else its raw `text`)."""
         encoder = self.net.text_encoder
-        tokens = batch.get("tokens") or encoder.tokenize(batch["text"], self.hparams.max_length)
+        tokens = batch.get("tokens") or encoder.tokenize(
+            batch["text"], self.text_settings.max_length
+        )
         return encoder(**tokens)
 
     def masked_maps(self, embedding: Tensor) -> Tensor:
         """(batch, n_voxels) float32 maps from text embeddings: decoder + readout + mean map."""
         maps = self.to_masked(self.net.decoder(embedding)).float()
-        if self.hparams.readout == "ridge":
+        if self.readout == "ridge":
             maps = (
                 maps + (embedding.float() @ self.readout_in) @ self.readout_out + self.readout_bias
             )
-        return maps + self.mean_map if self.hparams.residual else maps
+        return maps + self.mean_map if self.residual else maps
 
     @torch.inference_mode()
     def predict_texts(self, texts: list[str]) -> Tensor:
@@ -142,40 +149,21 @@ class Text2BrainMaths:
 class Text2BrainInference(Text2BrainMaths, BrainMapHead):
     """The Text2Brain head for prediction only: what `load_predictor` builds, without Lightning.
 
-    Takes the hyper-parameters of `Text2Brain` except its optimisation ones (`TRAINING_HPARAMS`,
-    which loading drops); tests/test_models.py checks that the two signatures agree.
+    Built from a checkpoint's hyper-parameters, which hold every argument of `Text2Brain`; it
+    takes them all but the optimisation (`optim`, which loading drops), as `configure` names
+    them.
     """
 
     #: The head's name in messages (the registered LightningModule's).
     model_name = "Text2Brain"
 
-    def __init__(
-        self,
-        encoder: str = DEFAULT_ENCODER,
-        pooling: str = "mean",
-        freeze_embeddings: bool = False,
-        freeze_layers: int = 0,
-        pretrained: bool = True,
-        max_length: int = 128,
-        target_normalisation: str = "none",
-        residual: bool = True,
-        readout: str = "none",
-        readout_rank: int | None = None,
-        seed_shape: list[int] | None = None,
-        seed_channels: int = 64,
-        channels: list[int] | None = None,
-        dropout: float = 0.5,
-        norm: str = "batch",
-        activation: str = "hardtanh",
-        output_crop: list[int] | None = None,
-        output_offset: list[int] | None = None,
-        output_norm_act: bool = False,
-    ) -> None:
+    def __init__(self, **hparams: Any) -> None:
         super().__init__()
-        check_options(target_normalisation, readout, readout_rank)
-        hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.configure(**hparams)
         self.hparams = SimpleNamespace(**hparams)
-        self.net = None
+
+    # What the constructor takes, for checks and help: exactly `configure`'s arguments.
+    __init__.__signature__ = inspect.signature(Text2BrainMaths.configure)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         return self.masked_maps(self.text_embedding(batch))

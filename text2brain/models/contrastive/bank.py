@@ -1,0 +1,187 @@
+"""The retrieval bank's life cycle and retrieval both ways, for heads that embed maps.
+
+`RetrievalBankMixin` keeps a `RetrievalBank` (text2brain.models.contrastive.retrieval: the
+training articles' maps, ids, titles, keywords and embeddings) beside a head's weights:
+
+- built from the data module the first time it is needed (validation, test, prediction, the end
+  of fit, or a checkpoint save) and saved in every checkpoint, so `load_predictor(ckpt)`
+  answers `related_articles` and `describe_maps` without the corpus;
+- its maps never change; its embeddings are recomputed whenever the weights changed since they
+  were computed (before each validation and each checkpoint save: about 10,000 maps through
+  the brain encoder, a minute on two CPU cores);
+- `retrieve_maps`: a text's map by retrieval-based meta-analysis, the weighted average of the
+  `retrieval_k` nearest articles' maps, weights ``softmax(-distance / T)``.
+
+The head provides `self.net` with `embed_maps(maps)` and `geometry` (`cross_distance`,
+`distance`, `logit_scale`), `embed_text(batch)`, and `retrieval_k` / `retrieval_temperature`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from text2brain.models.contrastive.retrieval import (
+    RelatedArticle,
+    RetrievalBank,
+    retrieval_weights,
+    weighted_maps,
+)
+from text2brain.text import check_texts
+
+#: Maps per forward pass when the bank's embeddings are computed.
+BANK_CHUNK = 256
+
+
+class RetrievalBankMixin:
+    """The bank's life cycle over the Lightning hooks, maps by retrieval, and retrieval both ways.
+
+    Mixed in before the LightningModule base (its hooks call ``super()``).
+    """
+
+    bank: RetrievalBank | None = None
+    #: Whether the bank's embeddings were computed with the current weights.
+    bank_fresh: bool = False
+    retrieval_k: int
+    retrieval_temperature: float | None
+
+    def mark_bank_stale(self) -> None:
+        """The weights are about to change: recompute the bank's embeddings when next read."""
+        self.bank_fresh = False
+
+    # -- the retrieval bank -------------------------------------------------------------------
+    def prepare_bank(self) -> None:
+        """Build the bank from the data module if there is none; refresh stale embeddings."""
+        if self.bank is None:
+            datamodule = getattr(self._trainer, "datamodule", None)
+            if datamodule is None or not hasattr(datamodule, "article_maps"):
+                return
+            ids, maps = datamodule.article_maps("train")
+            corpus = datamodule.corpus
+            articles = [corpus.articles[corpus.index_of(i)] for i in ids]
+            self.bank = RetrievalBank.from_maps(
+                ids, maps, [a.title for a in articles], [list(a.keywords) for a in articles]
+            )
+            self.bank_fresh = False
+        if not self.bank_fresh:
+            self.bank.embeddings = self.embed_bank()
+            self.bank_fresh = True
+
+    @torch.no_grad()
+    def embed_bank(self) -> Tensor:
+        """Embeddings of the bank's maps with the current weights (eval mode, fp32)."""
+        training = self.training
+        self.eval()
+        try:
+            with torch.autocast(self.device.type, enabled=False):
+                chunks = [
+                    self.net.embed_maps(self.bank.maps[s : s + BANK_CHUNK].to(self.device))
+                    for s in range(0, len(self.bank), BANK_CHUNK)
+                ]
+        finally:
+            self.train(training)
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.net.embed_dim)
+
+    def require_bank(self, what: str) -> RetrievalBank:
+        if self.bank is None or self.bank.embeddings is None:
+            raise ValueError(
+                f"{type(self).__name__} has no retrieval bank, so it cannot {what}: fit or "
+                "validate it with a TextMapDataModule, or load a checkpoint written by "
+                "`text2brain fit`"
+            )
+        return self.bank
+
+    def on_fit_end(self) -> None:
+        self.prepare_bank()
+
+    def on_validation_epoch_start(self) -> None:
+        self.prepare_bank()
+
+    def on_test_epoch_start(self) -> None:
+        self.prepare_bank()
+
+    def on_predict_epoch_start(self) -> None:
+        self.prepare_bank()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        self.prepare_bank()
+        if self.bank is not None:
+            checkpoint["text2brain"]["bank"] = self.bank.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint["text2brain"].get("bank")
+        if state is not None:
+            self.bank = RetrievalBank.from_dict(state, self.space.n_voxels)
+            self.bank_fresh = self.bank.embeddings is not None
+
+    # -- maps ---------------------------------------------------------------------------------
+    def temperature(self) -> Tensor | float:
+        """Temperature of the retrieval weights: the configured one, else the learned one."""
+        if self.retrieval_temperature is not None:
+            return self.retrieval_temperature
+        return 1.0 / self.net.geometry.logit_scale().detach()
+
+    def retrieve_maps(self, text: Tensor) -> Tensor:
+        """Retrieval-based maps (n, n_voxels) of text points (n, d), float32 in [-1, 1]."""
+        if self.bank is None or self.bank.embeddings is None:
+            warnings.warn(
+                f"{type(self).__name__} has no retrieval bank yet (it is built from the data "
+                "module at validation, at the end of fit or when a checkpoint is saved): "
+                "predicting all-zero maps",
+                UserWarning,
+                stacklevel=2,
+            )
+            return torch.zeros(len(text), self.space.n_voxels, device=text.device)
+        distance = self.net.geometry.cross_distance(text, self.bank.embeddings.to(text.device))
+        indices, weights = retrieval_weights(distance, self.retrieval_k, self.temperature())
+        return weighted_maps(self.bank.maps, indices, weights)
+
+    # -- retrieval both ways ------------------------------------------------------------------
+    @torch.inference_mode()
+    def related_articles(self, texts: list[str], k: int = 10) -> list[list[RelatedArticle]]:
+        """The `k` training articles whose maps lie nearest each text, nearest first."""
+        bank = self.require_bank("find related articles")
+        check_k(k)
+        text = self.embed_text({"text": check_texts(texts, allow_empty=False)})
+        distance = self.net.geometry.cross_distance(text, bank.embeddings.to(text.device))
+        return self.nearest(bank, distance, k)
+
+    @torch.inference_mode()
+    def describe_maps(self, maps: Tensor, k: int = 10) -> list[list[RelatedArticle]]:
+        """The `k` training articles whose maps lie nearest each masked map (n, n_voxels).
+
+        Map to map in the learned brain space (as NeuroQuery and Neurosynth decode a map by
+        its similarity to theirs); the articles' titles and keywords describe the map.
+        """
+        bank = self.require_bank("describe maps")
+        check_k(k)
+        maps = torch.as_tensor(maps, dtype=torch.float32, device=self.device)
+        if maps.ndim != 2 or maps.shape[1] != self.space.n_voxels:
+            raise ValueError(
+                f"maps must be (n, {self.space.n_voxels}) masked vectors, got {tuple(maps.shape)}"
+            )
+        for bad, problem in (
+            (~torch.isfinite(maps).all(dim=1), "has NaN or infinite values"),
+            (~maps.ne(0).any(dim=1), "is zero everywhere in the brain mask"),
+        ):
+            if bad.any():
+                raise ValueError(f"maps[{int(bad.nonzero()[0])}] {problem}")
+        brain = self.net.embed_maps(maps)
+        distance = self.net.geometry.distance(brain, bank.embeddings.to(brain.device))
+        return self.nearest(bank, distance, k)
+
+    @staticmethod
+    def nearest(bank: RetrievalBank, distance: Tensor, k: int) -> list[list[RelatedArticle]]:
+        nearest, indices = distance.float().topk(min(k, len(bank)), dim=1, largest=False)
+        return bank.articles(indices.cpu(), nearest.cpu())
+
+
+def check_k(k: int) -> None:
+    """A number of neighbours must be a positive int (not a bool)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")

@@ -1,0 +1,184 @@
+"""CLIP: text and maps on a unit sphere, symmetric InfoNCE, maps by retrieval.
+
+The Euclidean member of the zoo's contrastive heads and the base of MNM (its Lorentz twin):
+both train a text encoder and a brain-map encoder contrastively and predict a text's map by
+retrieval-based meta-analysis over the training articles (text2brain.models.contrastive.bank).
+The shared map metrics (`val/dice_auc`, ...) score those maps exactly as the other heads' maps;
+recall@10 / @100 text -> brain and brain -> text over the whole evaluation split come on top
+(`val/recall@10_t2b`, `val/recall@100_b2t`, ...), with the contrastive loss (`val/contrastive`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from text2brain.brain import BrainSpace
+from text2brain.models.contrastive.bank import RetrievalBankMixin
+from text2brain.models.contrastive.retrieval import (
+    RECALL_KS,
+    EmbeddingCollector,
+    recall_at_k,
+    scale_maps,
+)
+from text2brain.models.contrastive.torch_model import ContrastiveNet, CosineGeometry, Geometry
+from text2brain.models.encoders import TextEncoder
+from text2brain.models.settings import (
+    BrainEncoderSettings,
+    OptimSettings,
+    TextEncoderSettings,
+    as_settings,
+)
+from text2brain.models.text_head import TextEncoderHead
+from text2brain.text import check_texts
+
+
+class CLIP(RetrievalBankMixin, TextEncoderHead):
+    """CLIP head: Euclidean unit embeddings, learnable temperature, symmetric InfoNCE.
+
+    Subclasses change the geometry (`make_geometry`) and may add loss terms (`extra_losses`):
+    MNM does both.
+
+    Args:
+        text: the text encoder (text2brain.models.settings.TextEncoderSettings; default: the
+            bundled MiniLM, mean pooling, trained).
+        brain: the 3-D CNN over the map (text2brain.models.settings.BrainEncoderSettings).
+        optim: the optimisation as NeuroConText / MNM report it (lr 1e-4, weight decay 0.1).
+        embed_dim: size of both modalities' embeddings.
+        temperature: initial contrastive temperature (learned; logit scale capped at 100).
+        retrieval_k: how many nearest training articles a retrieved map averages.
+        retrieval_temperature: temperature of their weights ``softmax(-distance / T)``;
+            None uses the learned contrastive temperature.
+    """
+
+    extra_metrics = (
+        "contrastive",
+        *(f"recall@{k}_{way}" for way in ("t2b", "b2t") for k in RECALL_KS),
+    )
+    #: Whether training batches' `hierarchy_maps` are embedded (only MNM's losses use them).
+    uses_hierarchy = False
+
+    def __init__(
+        self,
+        text: TextEncoderSettings = TextEncoderSettings(),
+        brain: BrainEncoderSettings = BrainEncoderSettings(crop=(40, 48, 40), offset=(3, 3, 0)),
+        optim: OptimSettings = OptimSettings(lr=1e-4, weight_decay=0.1),
+        embed_dim: int = 256,
+        temperature: float = 0.07,
+        retrieval_k: int = 20,
+        retrieval_temperature: float | None = None,
+    ) -> None:
+        super().__init__(text=text, optim=optim)
+        if isinstance(retrieval_k, bool) or not isinstance(retrieval_k, int) or retrieval_k < 1:
+            raise ValueError(f"retrieval_k must be a positive int, got {retrieval_k!r}")
+        if retrieval_temperature is not None and not retrieval_temperature > 0:
+            raise ValueError(f"retrieval_temperature must be > 0, got {retrieval_temperature}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.brain_settings = as_settings(BrainEncoderSettings, brain)
+        self.embed_dim = embed_dim
+        self.initial_temperature = temperature
+        self.retrieval_k = retrieval_k
+        self.retrieval_temperature = retrieval_temperature
+        self.net: ContrastiveNet | None = None
+        self.val_embeddings = EmbeddingCollector()
+        self.test_embeddings = EmbeddingCollector()
+
+    def make_geometry(self) -> Geometry:
+        return CosineGeometry(self.initial_temperature)
+
+    def extra_losses(
+        self, text: Tensor, brain: Tensor, batch: dict[str, Any]
+    ) -> dict[str, tuple[Tensor, float]]:
+        """Further loss terms: name -> (value, weight); `brain` includes hierarchy maps."""
+        return {}
+
+    # -- building -----------------------------------------------------------------------------
+    def build(self, space: BrainSpace) -> None:
+        self.net = ContrastiveNet(
+            TextEncoder.from_settings(self.text_settings),
+            self.make_geometry(),
+            grid_shape=space.shape,
+            mask_index=self.mask_index,
+            embed_dim=self.embed_dim,
+            brain=self.brain_settings,
+        )
+
+    # -- embeddings ---------------------------------------------------------------------------
+    def embed_text(self, batch: dict[str, Any]) -> Tensor:
+        """Points of the batch's texts (its `tokens`, else its `text` tokenised here)."""
+        return self.net.embed_text_features(self.text_features(batch))
+
+    # -- training -----------------------------------------------------------------------------
+    def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        # This step moves the weights: the bank's embeddings are outdated from here on (set
+        # here, not after the batch, since checkpoint callbacks run before the module's
+        # batch-end hook).
+        self.mark_bank_stale()
+        text = self.embed_text(batch)
+        maps = batch["map"]
+        extra = batch.get("hierarchy_maps")
+        if self.uses_hierarchy and extra is not None and len(extra):
+            maps = torch.cat([maps, extra.to(maps.dtype)])
+        brain = self.net.embed_maps(maps)
+        paired = brain[: len(text)]
+        geometry = self.net.geometry
+        contrastive = geometry.contrastive_loss(text, paired)
+        terms = self.extra_losses(text, brain, batch)
+        loss = contrastive + sum(weight * value for value, weight in terms.values())
+        return {
+            "loss": loss,
+            "contrastive": contrastive.detach(),
+            **{name: value.detach() for name, (value, _) in terms.items()},
+            **geometry.stats(text, paired),
+        }
+
+    # -- maps ---------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        """Maps of the batch's texts (`text_embedding` if given, else its texts embedded)."""
+        text = batch.get("text_embedding")
+        return self.retrieve_maps(self.embed_text(batch) if text is None else text)
+
+    @torch.inference_mode()
+    def predict_texts(self, texts: list[str]) -> Tensor:
+        return self.forward({"text": check_texts(texts, allow_empty=False)})
+
+    def normalise_target(self, target: Tensor) -> Tensor:
+        """Targets on the scale of the bank's maps (largest absolute value 1)."""
+        return scale_maps(target)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def _evaluate(self, batch: dict[str, Any], stage: str, metrics: Metric) -> None:
+        text = self.embed_text(batch)
+        brain = self.net.embed_maps(batch["map"])
+        contrastive = self.net.geometry.contrastive_loss(text, brain)
+        self.log(f"{stage}/contrastive", contrastive, batch_size=len(text), sync_dist=True)
+        self._collector(stage).update(text, brain)
+        super()._evaluate({**batch, "text_embedding": text}, stage, metrics)
+
+    def _collector(self, stage: str) -> EmbeddingCollector:
+        return self.val_embeddings if stage == "val" else self.test_embeddings
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._log_recall("val")
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._log_recall("test")
+
+    def _log_recall(self, stage: str) -> None:
+        """recall@k text -> brain (rows: texts) and brain -> text over the whole split."""
+        collector = self._collector(stage)
+        text, brain = collector.compute()
+        collector.reset()
+        distance = self.net.geometry.cross_distance(text, brain)
+        values = {}
+        for way, matrix in (("t2b", distance), ("b2t", distance.transpose(0, 1))):
+            for k in RECALL_KS:
+                values[f"{stage}/recall@{k}_{way}"] = recall_at_k(matrix, k)
+        # Already gathered over ranks by the collector; sync_dist only says so to Lightning.
+        self.log_dict(values, sync_dist=True)
