@@ -8,7 +8,6 @@ bf16 training and the brain-space check.
 from __future__ import annotations
 
 import importlib
-import inspect
 import math
 from pathlib import Path
 from typing import Any
