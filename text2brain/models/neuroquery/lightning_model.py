@@ -12,8 +12,8 @@ from torch import Tensor
 
 from text2brain.brain import BrainSpace
 from text2brain.models.components.term_head import TermHead
-from text2brain.models.neuroquery.ridge import DEFAULT_ALPHAS, fit_ridge_loo
 from text2brain.models.neuroquery.smoothing import nmf_term_embeddings, smooth_queries
+from text2brain.models.ridge import DEFAULT_ALPHAS, fit_ridge
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class NeuroQuery(TermHead):
     def fit_terms(self, features: sp.csr_matrix, datamodule: Any, indices: np.ndarray) -> None:
         hp = self.hparams
         _, maps = datamodule.article_maps("train")
-        fit = fit_ridge_loo(features, maps, self.alphas, hp.loo_voxels, hp.seed)
+        fit = fit_ridge(features, maps, self.alphas, loo_voxels=hp.loo_voxels, seed=hp.seed)
         log.info(
             "NeuroQuery: alpha %g chosen by leave-one-out (errors %s over alphas %s)",
             fit.alpha,
