@@ -1,10 +1,10 @@
 """The closed-form baselines (corpus mean, NeuroQuery-style, Neurosynth-style).
 
-Their maths against brute force or scipy on tiny problems (phrase matching, leave-one-out
-ridge, chi-square, FDR, spheres), and each head on the synthetic corpus, where every topic
-word occurs only in studies whose peaks lie in that topic's region: the word must light that
-region. Also the no-known-term path, bad input, the checkpoint -> `load_predictor` -> NIfTI
-path and the shipped configs.
+Their maths against brute force or scipy on tiny problems (phrase matching, chi-square, FDR,
+spheres; the ridge is tested in tests/models/test_ridge.py), and each head on the synthetic
+corpus, where every topic word occurs only in studies whose peaks lie in that topic's region:
+the word must light that region. Also the no-known-term path, bad input, the checkpoint ->
+`load_predictor` -> NIfTI path and the shipped configs.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from text2brain.models.components.terms import (
     tfidf,
     words_of,
 )
-from text2brain.models.neuroquery.ridge import CentredGramSpectrum, fit_ridge_loo
 from text2brain.models.neuroquery.smoothing import nmf_term_embeddings, smooth_queries
 from text2brain.models.neurosynth.association import (
     chi_square_z,
@@ -172,51 +171,6 @@ def test_tfidf_rows() -> None:
     assert np.linalg.norm(rows, axis=1) == pytest.approx([1, 0, 1])
     expected = np.array([2 * idf[0], 0, idf[2]])
     assert rows[0] == pytest.approx(expected / np.linalg.norm(expected))
-
-
-# -- ridge and leave-one-out -------------------------------------------------------------------
-def _ridge_with_intercept(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[Any, Any]:
-    mean_x, mean_y = x.mean(0), y.mean(0)
-    xc = x - mean_x
-    coef = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - mean_y))
-    return coef, mean_y - mean_x @ coef
-
-
-def test_loo_errors_match_brute_force_leave_one_out() -> None:
-    rng = np.random.default_rng(0)
-    x = rng.random((14, 6)) * (rng.random((14, 6)) < 0.5)
-    x[:, 5] = x[:, 4]  # two identical features: a null direction of the Gram matrix
-    y = rng.standard_normal((14, 3))
-    alphas = [0.01, 0.3, 2.0, 30.0]
-    spectrum = CentredGramSpectrum(sp.csr_matrix(x))
-    fast = spectrum.loo_errors(torch.from_numpy(y).float(), alphas)
-    brute = []
-    for alpha in alphas:
-        errors = []
-        for i in range(len(x)):
-            keep = np.arange(len(x)) != i
-            coef, intercept = _ridge_with_intercept(x[keep], y[keep], alpha)
-            errors.append(y[i] - (x[i] @ coef + intercept))
-        brute.append(float(np.mean(np.square(errors))))
-    assert fast == pytest.approx(brute, rel=1e-4)
-
-    fit = fit_ridge_loo(sp.csr_matrix(x), y, alphas, loo_targets=None)
-    assert fit.alpha == alphas[int(np.argmin(brute))]
-    coef, intercept = _ridge_with_intercept(x, y, fit.alpha)
-    assert fit.coef.numpy() == pytest.approx(coef, abs=1e-4)
-    assert fit.intercept.numpy() == pytest.approx(intercept, abs=1e-4)
-
-
-def test_loo_on_a_voxel_subset_and_bad_arguments() -> None:
-    rng = np.random.default_rng(1)
-    x = sp.csr_matrix(rng.random((20, 4)))
-    y = rng.standard_normal((20, 50))
-    fit = fit_ridge_loo(x, y, [0.1, 1.0, 10.0], loo_targets=10, seed=3)
-    assert fit.coef.shape == (4, 50) and len(fit.loo_errors) == 3
-    with pytest.raises(ValueError, match="positive"):
-        fit_ridge_loo(x, y, [0.0, 1.0])
-    with pytest.raises(ValueError, match="20 rows but targets have 19"):
-        fit_ridge_loo(x, y[:19])
 
 
 # -- smoothing -----------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from torch import Tensor
 
 from text2brain.brain import BrainSpace
 from text2brain.models.components.term_head import TermHead
-from text2brain.models.neuroquery.ridge import DEFAULT_ALPHAS, fit_ridge_loo
 from text2brain.models.neuroquery.smoothing import nmf_term_embeddings, smooth_queries
+from text2brain.models.ridge import DEFAULT_ALPHAS, fit_ridge
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class NeuroQuery(TermHead):
     """TF-IDF of vocabulary terms -> ridge regression to every voxel of the article map.
 
     Fitted in closed form on the training split: one ridge penalty for all voxels, chosen by
-    efficient leave-one-out over `alphas` (text2brain.models.neuroquery.ridge), and term
+    efficient leave-one-out over `alphas` (text2brain.models.ridge), and term
     embeddings from NMF of the training TF-IDF that smooth each query towards co-occurring
     terms (text2brain.models.neuroquery.smoothing). A query's map is the regression's
     prediction, on the scale of the training maps; z-scoring it across voxels, as NeuroQuery
@@ -86,7 +86,7 @@ class NeuroQuery(TermHead):
     def fit_terms(self, features: sp.csr_matrix, datamodule: Any, indices: np.ndarray) -> None:
         hp = self.hparams
         _, maps = datamodule.article_maps("train")
-        fit = fit_ridge_loo(features, maps, self.alphas, hp.loo_voxels, hp.seed)
+        fit = fit_ridge(features, maps, self.alphas, loo_voxels=hp.loo_voxels, seed=hp.seed)
         log.info(
             "NeuroQuery: alpha %g chosen by leave-one-out (errors %s over alphas %s)",
             fit.alpha,

@@ -10,8 +10,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from text2brain.models.ridge import RELATIVE_ALPHAS, fit_ridge
 from text2brain.models.settings import DecoderSettings, OptimSettings, TextEncoderSettings
-from text2brain.models.text2brain.readout import fit_ridge_readout
 from text2brain.models.text2brain.torch_model import Text2BrainMaths
 from text2brain.models.text_head import TextEncoderHead
 
@@ -101,10 +101,19 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
             block.copy_(self.normalise_target(block))
         if self.residual:
             targets -= self.mean_map.cpu()
-        fit = fit_ridge_readout(embeddings, targets, rank=self.readout_in.shape[1])
-        self.readout_in.copy_(fit.weight_in)
-        self.readout_out.copy_(fit.weight_out)
-        self.readout_bias.copy_(fit.bias)
+        fit = fit_ridge(
+            embeddings,
+            targets,
+            RELATIVE_ALPHAS,
+            relative=True,
+            loo_voxels=4096,
+            rank=self.readout_in.shape[1],
+            dtype=torch.float64,
+        )
+        weight_in, weight_out = fit.factored()
+        self.readout_in.copy_(weight_in)
+        self.readout_out.copy_(weight_out)
+        self.readout_bias.copy_(fit.intercept)
         rank_zero_info(
             f"ridge readout fitted on {len(rows):,} training titles (alpha {fit.alpha:.3g}, "
             f"rank {self.readout_in.shape[1]})"
