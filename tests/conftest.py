@@ -1,4 +1,5 @@
-"""Shared test fixtures: a small synthetic brain space, random peaks, the NeuroQuery folder.
+"""Shared test fixtures: a small synthetic brain space, random peaks, the NeuroQuery folder,
+a tiny BERT, tiny models on one thread and one trained Text2Brain checkpoint.
 
 Every test runs offline and with a private cache folder (see `_offline_and_private_cache`).
 """
@@ -10,16 +11,21 @@ import string
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
 import torch
-from synthetic import TINY_VOCABULARY, ellipsoid_space, random_coordinates
+from synthetic import TINY_VOCABULARY, ellipsoid_space, random_coordinates, train_tiny_text2brain
 
 import text2brain.precision
 from text2brain.brain import BrainSpace
 from text2brain.paths import CACHE_DIR_ENV, DATA_DIR_ENV
+
+if TYPE_CHECKING:
+    from text2brain.inference import Predictor
 
 #: Where the shared NeuroQuery copy lives relative to this repository (<repo>/../shared/...).
 SHARED_NEUROQUERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "neuroquery"
@@ -148,3 +154,45 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# -- tiny models on one thread, and one trained checkpoint -----------------------------------
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch on `n` threads inside the block, as many as before after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (and far faster on a busy machine).
+
+    A module of such tests says `pytestmark = pytest.mark.usefixtures("one_thread")`.
+    """
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    """A 2-step Text2Brain run on the synthetic corpus, saved by `Trainer.save_checkpoint`.
+
+    Trained once for the session (on one thread), for the tests of loading and querying it.
+    """
+    with torch_threads(1):
+        return train_tiny_text2brain(tmp_path_factory.mktemp("inference"), tiny_bert)
+
+
+@pytest.fixture(scope="module")
+def tiny_predictor(tiny_checkpoint: Path) -> Predictor:
+    """`tiny_checkpoint` loaded on the CPU."""
+    from text2brain.inference import load_predictor
+
+    return load_predictor(tiny_checkpoint, device="cpu")

@@ -34,7 +34,7 @@ def done(stage):
     last = now
 import torch; done("import torch")
 import tokenizers, safetensors.torch; done("import tokenizers + safetensors")
-import text2brain.query, text2brain.inference; done("import text2brain inference")
+import text2brain.query.pictures, text2brain.inference; done("import text2brain inference")
 import nibabel; done("import nibabel")
 predictor = text2brain.inference.load_predictor(sys.argv[1] or None)  # "": the released model
 done("load the model")
@@ -42,7 +42,7 @@ image = predictor.predict_maps([sys.argv[2]])[0]; done("first query")
 out = Path(sys.argv[3])
 image.to_filename(out / "map.nii.gz"); done("write the NIfTI")
 from nilearn import plotting; from text2brain import figures; done("import nilearn plotting")
-text2brain.query._write_png(image, sys.argv[2], out / "map.png"); done("draw the PNG")
+text2brain.query.pictures.write_png(image, sys.argv[2], out / "map.png"); done("draw the PNG")
 """
 
 QUERIES = [

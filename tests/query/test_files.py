@@ -1,0 +1,94 @@
+"""text2brain.query.files: an output folder belongs to one run, and a run that stops leaves
+whole maps that its index lists (through the command, on conftest's tiny checkpoint)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import pytest
+
+from text2brain.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_run_that_stops_leaves_whole_maps_and_their_index(
+    tmp_path: Path,
+    tiny_checkpoint: Path,
+    index_lines: Callable[[Path], list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: BaseException,
+) -> None:
+    write = nib.Nifti1Image.to_filename
+    calls = []
+
+    def failing_write(image: nib.Nifti1Image, filename: Any, **kwargs: Any) -> None:
+        calls.append(filename)
+        if len(calls) == 3:  # half a file, then the disk is full / Ctrl-C
+            Path(filename).write_bytes(b"\x1f\x8b\x08")
+            raise error
+        write(image, filename, **kwargs)
+
+    monkeypatch.setattr(nib.Nifti1Image, "to_filename", failing_write)
+    out = tmp_path / "maps"
+    queries = ["pain", "fear", "memory", "faces"]
+    argv = ["query", *queries, "--ckpt", str(tiny_checkpoint), "-o", str(out)]
+    with pytest.raises(type(error) if isinstance(error, KeyboardInterrupt) else SystemExit):
+        main(argv)
+    if isinstance(error, OSError):
+        err = capsys.readouterr().err
+        assert "cannot write" in err and "002_memory.nii.gz': No space left on device" in err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "000_pain.nii.gz",
+        "001_fear.nii.gz",
+        "queries.tsv",
+    ]
+    assert index_lines(out) == ["file\tquery", "000_pain.nii.gz\tpain", "001_fear.nii.gz\tfear"]
+    for name in ("000_pain.nii.gz", "001_fear.nii.gz"):
+        nib.load(out / name).get_fdata()  # whole files
+
+
+def test_an_output_folder_has_one_owner(
+    tmp_path: Path,
+    tiny_checkpoint: Path,
+    index_lines: Callable[[Path], list[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "maps"
+    run = ["query", "--ckpt", str(tiny_checkpoint), "-o", str(out)]
+    main([*run, "pain", "fear", "--png"])
+    capsys.readouterr()
+    before = (out / "000_pain.nii.gz").read_bytes()
+    with pytest.raises(SystemExit) as info:
+        main([*run, "memory"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err
+    assert f"'{out}'" in err and "--overwrite" in err and "--append" in err
+    assert (out / "000_pain.nii.gz").read_bytes() == before
+
+    main([*run, "memory", "--append"])
+    assert index_lines(out) == [
+        "file\tquery",
+        "000_pain.nii.gz\tpain",
+        "001_fear.nii.gz\tfear",
+        "002_memory.nii.gz\tmemory",
+    ]
+    main([*run, "faces", "--overwrite"])
+    assert sorted(p.name for p in out.iterdir()) == ["000_faces.nii.gz", "queries.tsv"]
+    assert index_lines(out) == ["file\tquery", "000_faces.nii.gz\tfaces"]
+
+    (out / "queries.tsv").unlink()  # a folder of maps without an index: no silent overwrite
+    with pytest.raises(SystemExit):
+        main([*run, "faces"])
+    assert "000_faces.nii.gz' exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*run, "faces", "--append", "--overwrite"])
+    (out / "queries.tsv").write_text("file\tquery\n../../etc/passwd\tx\n", encoding="utf-8")
+    with pytest.raises(SystemExit):
+        main([*run, "faces", "--overwrite"])
+    assert "is not a text2brain query index (row 2)" in capsys.readouterr().err

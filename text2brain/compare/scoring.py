@@ -1,0 +1,113 @@
+"""Scoring models on one test split: per-article Dice curves, Pearson r, failures, and the
+confidence intervals of their means."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from text2brain.data import TextMapDataModule
+    from text2brain.inference import Predictor
+
+#: The warning of term-based models about texts without a known term (counted, not shown).
+NO_KNOWN_TERM = ".*texts have no term of the fitted"
+
+
+@dataclass
+class ModelScores:
+    """One model's per-article scores on the test split."""
+
+    name: str
+    source: str
+    curves: np.ndarray  # (n_articles, n_thresholds) Dice at every threshold
+    pearson: np.ndarray  # (n_articles,)
+    known: np.ndarray  # (n_articles,) bool: the text had a term the model knows
+    unknown_query: str | None  # "zero", "mean", or None for models that never fail
+    scored_failures: np.ndarray = field(init=False)  # failures that score 0 (no answer)
+
+    def __post_init__(self) -> None:
+        no_answer = self.unknown_query == "zero"
+        self.scored_failures = ~self.known if no_answer else np.zeros_like(self.known)
+
+    @property
+    def dice_auc(self) -> np.ndarray:
+        """Per-article Dice-AUC, 0 where the model gave no answer."""
+        import torch
+
+        from text2brain.metrics import dice_auc_from_curve
+
+        auc = dice_auc_from_curve(torch.from_numpy(self.curves)).numpy()
+        return np.where(self.scored_failures, 0.0, auc)
+
+    def dice_at(self, fraction: float) -> np.ndarray:
+        from text2brain.metrics import DICE_THRESHOLDS
+
+        column = [round(x, 2) for x in DICE_THRESHOLDS].index(round(fraction, 2))
+        return np.where(self.scored_failures, 0.0, self.curves[:, column])
+
+    @property
+    def failure_rule(self) -> str:
+        if self.unknown_query is None:
+            return "-"
+        return "scored 0" if self.unknown_query == "zero" else "mean map"
+
+
+def test_texts(datamodule: TextMapDataModule) -> tuple[list[str], list[str], np.ndarray]:
+    """(article ids, evaluation texts, article maps) of the test split, in one order."""
+    datamodule.setup()
+    dataset = datamodule.dataset("test")
+    texts = [dataset[i]["pair"].text for i in range(len(dataset))]
+    ids, maps = datamodule.article_maps("test")
+    return list(ids), texts, np.asarray(maps, dtype=np.float32)
+
+
+def score_predictor(
+    name: str,
+    source: str,
+    predictor: Predictor,
+    texts: Sequence[str],
+    targets: np.ndarray,
+    batch_size: int = 64,
+) -> ModelScores:
+    """A predictor's per-article Dice curves, Pearson r and known-term flags."""
+    import torch
+
+    from text2brain.metrics import dice_curve, voxel_pearson
+
+    model = predictor.model
+    with warnings.catch_warnings():  # unknown queries are counted below, not warned per batch
+        warnings.filterwarnings("ignore", message=NO_KNOWN_TERM)
+        preds = predictor.predict_vectors(list(texts), batch_size=batch_size)
+    known_fn = getattr(model, "has_known_terms", None)
+    known = np.asarray(known_fn(list(texts)) if known_fn else [True] * len(texts), dtype=bool)
+    pred, target = torch.from_numpy(preds), torch.from_numpy(targets)
+    curves = torch.cat(
+        [dice_curve(pred[i : i + 256], target[i : i + 256]) for i in range(0, len(pred), 256)]
+    )
+    policy = getattr(model, "hparams", {}).get("unknown_query") if known_fn else None
+    return ModelScores(
+        name=name,
+        source=source,
+        curves=curves.numpy().astype(np.float64),
+        pearson=voxel_pearson(pred, target).numpy().astype(np.float64),
+        known=known,
+        unknown_query=policy,
+    )
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and its t-based confidence interval (half width 0 for fewer than 2 values)."""
+    from scipy import stats
+
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, mean, mean
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * stats.sem(values)
+    half = 0.0 if not math.isfinite(half) else float(half)
+    return mean, mean - half, mean + half

@@ -1,0 +1,209 @@
+"""`text2brain query`: its options, the run from arguments to files, and the article tables."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from text2brain.errors import add_debug_option
+from text2brain.query.files import INDEX_FILE, FolderInUse, plan_outputs, write_query_maps
+from text2brain.query.texts import check_queries, read_queries
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="text2brain query",
+        description="Predict a brain map for each text query and write it as NIfTI "
+        "(<NNN>_<query>.nii.gz), with optional PNG and HTML views; with a contrastive head, "
+        "list the training articles nearest to queries (--related) or to maps (--describe).",
+    )
+    parser.add_argument("queries", nargs="*", metavar="QUERY", help="text queries")
+    parser.add_argument(
+        "--queries-file",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE",
+        help="files of more queries, one a line (UTF-8; blank lines skipped; - reads stdin)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse queries made mostly of tokens unknown to the tokenizer (default: warn)",
+    )
+    parser.add_argument(
+        "--ckpt",
+        default=None,
+        help="checkpoint written by `text2brain fit` (default: the released model)",
+    )
+    parser.add_argument(
+        "-o", "--out-dir", default=None, help="folder to write the maps to (no maps without it)"
+    )
+    owner = parser.add_mutually_exclusive_group()
+    owner.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="the output folder holds a previous run's maps: delete the files its queries.tsv "
+        "lists, then write",
+    )
+    owner.add_argument(
+        "--append",
+        action="store_true",
+        help="the output folder holds a previous run's maps: keep them, number the new maps "
+        "after theirs and extend queries.tsv",
+    )
+    parser.add_argument("--png", action="store_true", help="also write a glass-brain PNG")
+    parser.add_argument("--html", action="store_true", help="also write an interactive HTML")
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=64, metavar="N", help="texts per forward pass"
+    )
+    parser.add_argument(
+        "--related",
+        action="store_true",
+        help="print the training articles nearest each query (contrastive heads: clip, mnm)",
+    )
+    parser.add_argument(
+        "--describe",
+        nargs="+",
+        default=[],
+        metavar="NIFTI",
+        help="print the training articles nearest each NIfTI map, on the model's grid "
+        "(contrastive heads: clip, mnm)",
+    )
+    parser.add_argument(
+        "-k",
+        "--top",
+        type=_positive_int,
+        default=10,
+        metavar="K",
+        help="articles listed per query or map (default: 10)",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="auto (default: bf16 autocast on GPUs and CPUs with native bf16, fp16 on older "
+        "CUDA GPUs, else fp32), fp32, or bf16/fp16 autocast (fp16 needs CUDA)",
+    )
+    add_debug_option(parser)
+    return parser
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr and exit status 2, as argparse does for usage errors."""
+    print(f"text2brain query: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def query(argv: list[str] | None = None) -> None:
+    """`text2brain query` (the `COMMANDS` entry of text2brain.cli)."""
+    args = build_parser().parse_args(argv)
+    queries = list(args.queries)
+    labels = [f"query {i}" for i in range(1, len(queries) + 1)]
+    for source in args.queries_file:
+        try:
+            from_file, blank = read_queries(source)
+        except (OSError, ValueError) as err:
+            _fail(f"cannot read queries file {source!r}: {err}")
+        if blank:
+            print(f"skipped {blank} blank line(s) in {source}", file=sys.stderr)
+        queries += [text for _, text in from_file]
+        labels += [f"{source} line {n}" for n, _ in from_file]
+    if not queries and not args.describe:
+        _fail(
+            "no query given: pass queries as arguments or with --queries-file (or maps to "
+            "describe with --describe)"
+        )
+    if queries and args.out_dir is None and not args.related:
+        _fail(
+            "nothing to do with the queries: give -o/--out-dir to write their maps, or "
+            "--related to list related training articles"
+        )
+    out_dir = None if args.out_dir is None else Path(args.out_dir)
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        _fail(f"output folder {str(out_dir)!r} exists and is not a folder")
+    existing = "overwrite" if args.overwrite else "append" if args.append else "refuse"
+    if out_dir is not None and queries and out_dir.is_dir():
+        try:  # before the model loads: a refused folder should fail at once
+            plan_outputs(out_dir, queries, existing)
+        except FolderInUse as err:
+            _fail(err.message("--overwrite", "--append"))
+        except ValueError as err:
+            _fail(str(err))
+
+    from text2brain.inference import UnknownTokensWarning, load_predictor
+
+    predictor = load_predictor(args.ckpt, device=args.device, precision=args.precision)
+    for line in check_queries(predictor, queries, labels, args.strict):  # all at once
+        print(f"text2brain query: warning: {line}", file=sys.stderr)
+    with warnings.catch_warnings():  # the lines above said it, naming files and lines
+        warnings.simplefilter("ignore", UnknownTokensWarning)
+        if out_dir is not None and queries:
+            written = write_query_maps(
+                predictor,
+                queries,
+                out_dir,
+                args.png,
+                args.html,
+                args.batch_size,
+                existing=existing,
+                strict=args.strict,
+            )
+            _report_maps(written, out_dir)
+        if args.related and queries:
+            found = [(q, predictor.related_articles(q, args.top)) for q in queries]
+            print_articles(found, "query")
+    if args.describe:
+        found = [(m, predictor.describe_map(m, args.top)) for m in args.describe]
+        print_articles(found, "map")
+
+
+#: Columns of the article tables that --related and --describe print (after the query / map).
+ARTICLE_COLUMNS = ("rank", "article_id", "distance", "title", "keywords")
+
+
+def print_articles(found: Sequence[tuple[str, Sequence[Any]]], first: str) -> None:
+    """A tab-separated table on stdout: one row per (query or map, related article)."""
+    writer = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
+    writer.writerow([first, *ARTICLE_COLUMNS])
+    for source, articles in found:
+        for rank, article in enumerate(articles, start=1):
+            writer.writerow(
+                [
+                    source,
+                    rank,
+                    article.article_id,
+                    f"{article.distance:.4g}",
+                    article.title,
+                    "; ".join(article.keywords),
+                ]
+            )
+
+
+def _report_maps(written: list[Path], out_dir: Path) -> None:
+    maps = [p for p in written if p.name.endswith(".nii.gz")]
+    extras = [p for p in written if p.suffix in (".png", ".html")]
+    print(
+        f"wrote {len(maps)} map(s)"
+        + (f" and {len(extras)} picture(s)" if extras else "")
+        + f" to {out_dir}/ (index: {out_dir / INDEX_FILE})"
+    )
+    if len(maps) <= 10:
+        for path in written[:-1]:
+            print(f"  {path}")
