@@ -14,7 +14,6 @@ from scipy.ndimage import gaussian_filter
 
 from text2brain.brain import (
     BrainSpace,
-    pairwise_pearson,
     render_article_maps,
     render_peak_groups,
     render_table_maps,
@@ -404,18 +403,3 @@ def test_render_peak_groups_chunking_and_checks(small_space, make_coordinates) -
 
 
 # -- pairwise Pearson ----------------------------------------------------------------------------
-
-
-def test_pairwise_pearson_matches_corrcoef() -> None:
-    rng = np.random.default_rng(7)
-    a = rng.normal(size=(6, 40))
-    b = 0.5 * a + rng.normal(size=(6, 40))
-    expected = [np.corrcoef(a[i], b[i])[0, 1] for i in range(6)]
-    np.testing.assert_allclose(pairwise_pearson(a, b), expected, rtol=1e-12)
-    np.testing.assert_allclose(pairwise_pearson(a, a), 1.0)
-    np.testing.assert_allclose(pairwise_pearson(a, -3 * a + 1), -1.0)
-    np.testing.assert_allclose(
-        pairwise_pearson(a.astype(np.float32), b.astype(np.float32)), expected, rtol=1e-5
-    )
-    constant = pairwise_pearson(np.ones((1, 40)), b[:1])
-    assert np.isnan(constant).all()

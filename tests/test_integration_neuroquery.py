@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from text2brain.bench.render import scipy_reference_maps
-from text2brain.brain import BrainSpace, pairwise_pearson, render_article_maps
+from text2brain.brain import BrainSpace, render_article_maps
 from text2brain.corpus import Corpus, load_neuroquery
+from text2brain.metrics import pairwise_pearson
 from text2brain.neuroquery_files import FILES, fetch_neuroquery_file
 
 pytestmark = pytest.mark.integration

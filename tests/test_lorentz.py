@@ -77,7 +77,7 @@ def test_inner_product_and_distances_match_geoopt(c: float) -> None:
 
 
 @pytest.mark.parametrize("c", CURVATURES)
-def test_exp_and_log_map_at_origin_match_geoopt(c: float) -> None:
+def test_exp_map_at_origin_matches_geoopt(c: float) -> None:
     g = torch.Generator().manual_seed(3)
     v = torch.randn(10, 4, generator=g, dtype=torch.float64) * 3 / math.sqrt(c)
     v[0] = 0.0
@@ -87,9 +87,6 @@ def test_exp_and_log_map_at_origin_match_geoopt(c: float) -> None:
     x = lorentz.exp_map0(v, c)
     torch.testing.assert_close(x, lifted[:, 1:])
     torch.testing.assert_close(lorentz.time_component(x, c), lifted[:, 0])
-    logged = m.logmap0(lifted)
-    torch.testing.assert_close(lorentz.log_map0(x, c), logged[:, 1:])
-    torch.testing.assert_close(logged[:, 0], torch.zeros(10, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("c", CURVATURES)
@@ -111,24 +108,6 @@ def test_exterior_angle_matches_tangent_vectors_and_reference_formula(c: float) 
     pairwise = lorentz.pairwise_exterior_angle(x, y, c)
     torch.testing.assert_close(pairwise.diagonal(), reference)
     torch.testing.assert_close(pairwise[2, 5], lorentz.exterior_angle(x[2], y[5], c))
-
-
-@pytest.mark.parametrize("c", CURVATURES)
-def test_centroid_matches_ambient_formula(c: float) -> None:
-    x = random_points(7, 3, c, seed=6)
-    weights = torch.rand(7, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    m = manifold(c)
-    total = (weights.unsqueeze(-1) * ambient(x, c)).sum(0)
-    expected = total / (c * -geoopt_math.inner(total, total)).sqrt()  # rescaled onto <,> = -1/c
-    mu = lorentz.centroid(x, c, weights)
-    assert m.check_point_on_manifold(expected)
-    torch.testing.assert_close(mu, expected[1:])
-    torch.testing.assert_close(lorentz.centroid(x[3:4], c), x[3])  # one point: itself
-    symmetric = torch.cat([x[1:4], -x[1:4]])
-    torch.testing.assert_close(lorentz.centroid(symmetric, c), torch.zeros(3, dtype=x.dtype))
-    batched = lorentz.centroid(torch.stack([x, x.flip(0)]), c, torch.stack([weights] * 2))
-    assert batched.shape == (2, 3)
-    torch.testing.assert_close(batched[0], mu)
 
 
 # -- known values --------------------------------------------------------------------------------
@@ -159,13 +138,11 @@ def test_known_angles_and_apertures() -> None:
 
 def test_zero_vectors_map_to_the_origin_with_identity_derivative() -> None:
     zero = torch.zeros(5)
-    for fn in (lorentz.exp_map0, lorentz.log_map0):
-        assert torch.equal(fn(zero, 1.5), zero)
-        jacobian = torch.autograd.functional.jacobian(lambda v, fn=fn: fn(v, 1.5), zero)
-        torch.testing.assert_close(jacobian, torch.eye(5))
+    assert torch.equal(lorentz.exp_map0(zero, 1.5), zero)
+    jacobian = torch.autograd.functional.jacobian(lambda v: lorentz.exp_map0(v, 1.5), zero)
+    torch.testing.assert_close(jacobian, torch.eye(5))
     assert lorentz.time_component(zero, 4.0).item() == pytest.approx(0.5)
     assert lorentz.dist(zero, zero, 1.0).item() == pytest.approx(0.0, abs=1e-12)
-    assert torch.equal(lorentz.centroid(torch.zeros(3, 5), 1.0), zero)
 
 
 def test_distance_is_stable_where_the_textbook_formula_cancels() -> None:
@@ -233,12 +210,9 @@ def _all_outputs(x: torch.Tensor, y: torch.Tensor, c: float) -> dict[str, torch.
         "pairwise_dist": lorentz.pairwise_dist(x, y, c),
         "dist0": lorentz.dist0(x, c),
         "exp_map0": lorentz.exp_map0(x, c),
-        "log_map0": lorentz.log_map0(x, c),
         "half_aperture": lorentz.half_aperture(x, c),
         "exterior_angle": lorentz.exterior_angle(x, y, c),
         "pairwise_angle": lorentz.pairwise_exterior_angle(x, y, c),
-        "centroid": lorentz.centroid(x, c),
-        "weighted_centroid": lorentz.centroid(y, c, torch.arange(4.0)),
     }
 
 
@@ -279,18 +253,13 @@ def test_distance_properties(mode: str, pair) -> None:
 @pytest.mark.parametrize("mode", MODES)
 @settings(max_examples=40, deadline=None)
 @given(pair=point_pairs())
-def test_exp_log_round_trip_and_cone_ranges(mode: str, pair) -> None:
+def test_exp_map_clamp_and_cone_ranges(mode: str, pair) -> None:
     x, y, c = pair
     if mode == "bf16-inputs":  # compare with what the functions actually received
         x, y = x.bfloat16().float(), y.bfloat16().float()
-    norm = x.norm(dim=-1, keepdim=True)
-    # log then exp: identity for sqrt(c)|x| <= 2**15, which covers norms up to 1e4
-    back = _apply(mode, lambda a: lorentz.exp_map0(lorentz.log_map0(a, c), c), x)
-    assert ((back - x).norm(dim=-1, keepdim=True) <= 1e-4 * norm + 1e-6).all()
-    # exp then log: identity up to the clamp of sqrt(c)|v| at asinh(2**15)
-    expected = x * (lorentz.MAX_SINH_ARG / (math.sqrt(c) * norm)).clamp(max=1.0).nan_to_num(1.0)
-    back = _apply(mode, lambda a: lorentz.log_map0(lorentz.exp_map0(a, c), c), x)
-    assert ((back - expected).norm(dim=-1, keepdim=True) <= 1e-4 * norm + 1e-6).all()
+    # exp_map0 clamps sqrt(c)|v| at asinh(2**15): lifted points have sqrt(c)|x| <= 2**15
+    lifted = _apply(mode, lambda a: lorentz.exp_map0(a, c), x)
+    assert (math.sqrt(c) * lifted.norm(dim=-1) <= 2.0**15 * (1 + 1e-3)).all()
     aperture = _apply(mode, lambda a: lorentz.half_aperture(a, c), x)
     assert ((aperture > 0) & (aperture < math.pi / 2)).all()
     for fn in (lorentz.exterior_angle, lorentz.pairwise_exterior_angle):

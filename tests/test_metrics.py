@@ -18,6 +18,7 @@ from text2brain.metrics import (
     dice_auc_from_curve,
     dice_curve,
     map_metrics,
+    pairwise_pearson,
     threshold_k,
     tiebreak_order,
     voxel_pearson,
@@ -391,3 +392,18 @@ def test_map_metrics_keys_and_values() -> None:
 
     train = map_metrics("train/")
     assert set(train(preds, target)) == {k.replace("val/", "train/") for k in out}
+
+
+def test_pairwise_pearson_matches_corrcoef() -> None:
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(6, 40))
+    b = 0.5 * a + rng.normal(size=(6, 40))
+    expected = [np.corrcoef(a[i], b[i])[0, 1] for i in range(6)]
+    np.testing.assert_allclose(pairwise_pearson(a, b), expected, rtol=1e-12)
+    np.testing.assert_allclose(pairwise_pearson(a, a), 1.0)
+    np.testing.assert_allclose(pairwise_pearson(a, -3 * a + 1), -1.0)
+    np.testing.assert_allclose(
+        pairwise_pearson(a.astype(np.float32), b.astype(np.float32)), expected, rtol=1e-5
+    )
+    constant = pairwise_pearson(np.ones((1, 40)), b[:1])
+    assert np.isnan(constant).all()

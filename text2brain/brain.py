@@ -409,12 +409,3 @@ def _index_tables(
     first_peak_of_table = np.unique(table_codes, return_index=True)[1]
     n_tables = np.bincount(article_codes[first_peak_of_table], minlength=len(ids))
     return np.asarray(ids), article_codes, table_codes, n_tables.astype(np.float32)
-
-
-def pairwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise Pearson r between two (n, v) arrays (nan where a row is constant)."""
-    a = a - a.mean(axis=1, keepdims=True)
-    b = b - b.mean(axis=1, keepdims=True)
-    denom = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (a * b).sum(axis=1) / denom

@@ -182,7 +182,8 @@ class Predictor:
 
         None for heads that read text without a subword tokenizer (the term-based baselines).
         """
-        from text2brain.models.encoders import TextEncoder, token_counts
+        from text2brain.models.encoders import TextEncoder
+        from text2brain.tokens import token_counts
 
         texts = check_texts(texts)
         encoder = next((m for m in self.model.modules() if isinstance(m, TextEncoder)), None)

@@ -4,7 +4,7 @@ A point is stored by its space components ``x`` in ``R^d`` only; its time compon
 by the hyperboloid ``<x, x>_L = -1/c``: ``x_t = sqrt(1/c + |x|^2)``. The origin is ``x = 0``.
 Tangent vectors at the origin have time component 0, so they are plain vectors of ``R^d`` too:
 an encoder's output ``v`` is lifted onto the hyperboloid with `exp_map0` (MERU; Desai et al.,
-ICML 2023). See ../shared/REFERENCE.md section 6.
+ICML 2023).
 
 Polar form (used by every function below)
     A point is written ``x = (sinh(r) / sqrt(c)) u`` with ``u`` a unit vector and ``r`` its
@@ -40,7 +40,7 @@ Why not geoopt
     geoopt (``geoopt.Lorentz(k)``, ``k = 1/c``) stores the time coordinate explicitly at index
     0, recommends float64 and (0.5.1) has no pairwise distance; it uses the textbook formulas,
     whose fp32 cancellation is described above. It is therefore the float64 reference the tests
-    compare these functions against, not a dependency of the code.
+    compare these functions against (a test dependency, in the dev extra), not used here.
 """
 
 from __future__ import annotations
@@ -209,17 +209,6 @@ def exp_map0(v: Tensor, c: Curvature) -> Tensor:
     return (torch.sinh(arg) / sqrt_c).unsqueeze(-1) * (v / norm.unsqueeze(-1))
 
 
-@at_least_fp32
-def log_map0(x: Tensor, c: Curvature) -> Tensor:
-    """Inverse of `exp_map0`: ``log_0(x) = asinh(sqrt(c)|x|) x / (sqrt(c)|x|)``.
-
-    The returned vector has norm `dist0` (x): the tangent vector at the origin pointing at `x`.
-    """
-    sqrt_c = _sqrt_c(c, x)
-    norm = _norm(x)
-    return (torch.asinh(sqrt_c * norm) / sqrt_c).unsqueeze(-1) * (x / norm.unsqueeze(-1))
-
-
 # -- entailment cones ------------------------------------------------------------------------------
 
 
@@ -310,31 +299,3 @@ def pairwise_exterior_angle(x: Tensor, y: Tensor, c: Curvature) -> Tensor:
         sin_theta,
         (norm_x <= TINY).unsqueeze(-1),
     )
-
-
-# -- centroid --------------------------------------------------------------------------------------
-
-
-@at_least_fp32
-def centroid(x: Tensor, c: Curvature, weights: Tensor | None = None) -> Tensor:
-    """Lorentzian centroid of the points `x` (..., N, d) with weights (..., N) -> (..., d).
-
-    The point minimising the weighted sum of squared Lorentzian distances (Law et al., ICML
-    2019): the weighted sum ``A = sum_i w_i X_i`` of the points in ambient coordinates,
-    rescaled onto the hyperboloid, ``mu = A / sqrt(-c <A, A>_L)``. Its space part is
-    ``sum_i w_i x_i / sqrt(Q)`` with::
-
-        Q = -c <A, A>_L = sum_ij w_i w_j cosh(sqrt(c) d_ij) = (sum_i w_i)^2 + 2 sum_ij w_i w_j h_ij
-
-    where ``h_ij = sinh^2(sqrt(c) d_ij / 2)``, computed without cancellation (O(N^2 d)).
-    Weights must be >= 0 (default: all 1; their scale does not matter). One point is its own
-    centroid; a set symmetric about the origin has the origin as centroid.
-    """
-    sqrt_c = _sqrt_c(c, x)
-    if weights is None:
-        weights = torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)
-    weights = weights.to(x.dtype)
-    pair_weights = weights.unsqueeze(-1) * weights.unsqueeze(-2)
-    q = weights.sum(-1).pow(2) + 2.0 * (pair_weights * _pairwise_half(x, x, sqrt_c)).sum((-2, -1))
-    total = (weights.unsqueeze(-1) * x).sum(-2)
-    return total / q.clamp_min(TINY**2).sqrt().unsqueeze(-1)

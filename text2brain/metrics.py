@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 from functools import lru_cache
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
@@ -434,3 +435,12 @@ def map_metrics(prefix: str, generator_seed: int = 0) -> MetricCollection:
         dice[_dice_name(fraction)] = DiceAt(fraction, generator_seed=generator_seed)
     metrics: dict[str, Metric] = {**dice, "pearson": VoxelPearson()}
     return MetricCollection(metrics, prefix=prefix, compute_groups=[list(dice), ["pearson"]])
+
+
+def pairwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise Pearson r between two (n, v) arrays (nan where a row is constant)."""
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    denom = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(axis=1) / denom

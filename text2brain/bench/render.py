@@ -19,10 +19,10 @@ from text2brain.brain import (
     FWHM_TO_SIGMA,
     TRUNCATE,
     BrainSpace,
-    pairwise_pearson,
     render_article_maps,
 )
 from text2brain.corpus import load_neuroquery
+from text2brain.metrics import pairwise_pearson
 
 
 def scipy_reference_maps(coordinates, space: BrainSpace, fwhm: float, ids: np.ndarray):

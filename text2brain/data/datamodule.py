@@ -191,7 +191,7 @@ class MapCollate:
         )
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        from text2brain.models.encoders import tokenize
+        from text2brain.tokens import tokenize
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -299,7 +299,7 @@ class TextMapDataModule(L.LightningDataModule):
         self.renderer = Renderer(self.space, hp.fwhm)
         self.tokenizer = None
         if hp.tokenizer:
-            from text2brain.models.encoders import load_tokenizer
+            from text2brain.tokens import load_tokenizer
 
             self.tokenizer = load_tokenizer(hp.tokenizer)
         self.indices = {s: self.indices_of(s) for s in STAGES}

@@ -126,18 +126,6 @@ class Text2BrainDecoder(nn.Module):
         for o, c, g in zip(self.output_offset, crop, self.grid_shape, strict=True):
             self._pad = [o, g - o - c, *self._pad]
 
-    def region(self) -> tuple[slice, slice, slice]:
-        """The grid box the decoder writes; everything else is exactly zero."""
-        return tuple(
-            slice(o, o + c) for o, c in zip(self.output_offset, self.output_crop, strict=True)
-        )  # type: ignore[return-value]
-
-    def region_mask(self) -> torch.Tensor:
-        """Boolean ``grid_shape`` tensor of `region` (check a brain mask fits inside it)."""
-        mask = torch.zeros(self.grid_shape, dtype=torch.bool)
-        mask[self.region()] = True
-        return mask
-
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         """Volume ``(batch, *grid_shape)``; the decoded box placed in an otherwise zero grid."""
         if embedding.dim() != 2 or embedding.shape[1] != self.in_dim:

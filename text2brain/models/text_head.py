@@ -29,10 +29,11 @@ from text2brain.models.embedding_cache import (
     open_or_build,
     tokenizer_fingerprint,
 )
-from text2brain.models.encoders import TextEncoder, token_lengths
+from text2brain.models.encoders import TextEncoder
 from text2brain.models.formats import state_fingerprint
 from text2brain.models.settings import OptimSettings, TextEncoderSettings, as_settings
 from text2brain.paths import cache_dir
+from text2brain.tokens import token_lengths
 
 
 class TextEncoderHead(BrainMapModule):
