@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 
 from text2brain import precision as precisions
 from text2brain.data import TextMapDataModule
+from text2brain.legacy_config import upgrade_argv
 from text2brain.models.base import BrainMapModule
 
 _LIGHTNING_PRECISION = inspect.signature(L.Trainer.__init__).parameters["precision"].annotation
@@ -258,7 +259,7 @@ def _merged_config(path: Path) -> dict[str, Any] | None:
 
 def run_lightning_cli(argv: list[str]) -> Text2BrainCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    argv = expand_config_includes(argv)
+    argv = upgrade_argv(expand_config_includes(argv))
     # The command line goes through sys.argv (LightningCLI reads it when `args` is None), not
     # through `args`: Lightning's DDP launcher starts the other ranks by re-running
     # `sys.executable <script or -m module> sys.argv[1:]`, so sys.argv must hold this command

@@ -134,15 +134,25 @@ class OptimSettings:
 
 Settings = TypeVar("Settings")
 
-#: Group name -> (settings class, the prefix its fields had as flat arguments before format 3,
-#: the flat argument that only heads with that group had). The marker keeps a closed-form
-#: head's own `activation` out of the decoder group.
-GROUPS: dict[str, tuple[type, str, str]] = {
-    "text": (TextEncoderSettings, "", "encoder"),
-    "brain": (BrainEncoderSettings, "brain_", "brain_channels"),
-    "decoder": (DecoderSettings, "", "seed_channels"),
-    "optim": (OptimSettings, "", "lr"),
+#: Group name -> (settings class, the prefix its fields had as flat arguments before format 3).
+GROUPS: dict[str, tuple[type, str]] = {
+    "text": (TextEncoderSettings, ""),
+    "brain": (BrainEncoderSettings, "brain_"),
+    "decoder": (DecoderSettings, ""),
+    "optim": (OptimSettings, ""),
 }
+#: Flat names that a closed-form head may take as its own (Neurosynth's `activation`): they
+#: move into a group only when another of that group's flat names says the head had it.
+AMBIGUOUS_FLAT_NAMES = frozenset({"activation", "channels", "dropout", "norm"})
+
+
+def legacy_names() -> dict[str, str]:
+    """Every flat argument name of format 2 -> its dotted name in a group (`lr` -> `optim.lr`)."""
+    return {
+        prefix + field.name: f"{group}.{field.name}"
+        for group, (cls, prefix) in GROUPS.items()
+        for field in dataclasses.fields(cls)
+    }
 
 
 def as_settings(cls: type[Settings], value: Settings | Mapping[str, Any] | None) -> Settings:
@@ -183,7 +193,8 @@ def group_legacy_hparams(hparams: Mapping[str, Any]) -> tuple[dict[str, Any], di
 
     Args:
         hparams: a head's arguments, flat or already grouped. A group's fields move only when
-            its marker argument (`GROUPS`) is among them, or the group is there already.
+            one of its unambiguous flat names is there (not `AMBIGUOUS_FLAT_NAMES`), or the
+            group is there already.
 
     Returns:
         The grouped arguments, and old name -> new dotted name for every key moved. A group
@@ -192,15 +203,15 @@ def group_legacy_hparams(hparams: Mapping[str, Any]) -> tuple[dict[str, Any], di
     """
     grouped = dict(hparams)
     renamed: dict[str, str] = {}
-    for group, (cls, prefix, marker) in GROUPS.items():
-        if marker not in grouped and not isinstance(grouped.get(group), Mapping):
+    for group, (cls, prefix) in GROUPS.items():
+        flat = {prefix + field.name: field.name for field in dataclasses.fields(cls)}
+        present = [name for name in flat if name in grouped and name not in GROUPS]
+        if not isinstance(grouped.get(group), Mapping) and not (
+            set(present) - AMBIGUOUS_FLAT_NAMES
+        ):
             continue
-        moved = {}
-        for field in dataclasses.fields(cls):
-            old = prefix + field.name
-            if old in grouped and old not in GROUPS:
-                moved[field.name] = grouped.pop(old)
-                renamed[old] = f"{group}.{field.name}"
+        moved = {flat[name]: grouped.pop(name) for name in present}
+        renamed.update({name: f"{group}.{flat[name]}" for name in present})
         if moved:
             existing = grouped.get(group)
             grouped[group] = {**(dict(existing) if isinstance(existing, Mapping) else {}), **moved}
