@@ -11,18 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from text2brain.models.blocks import (
-    GRID_SHAPE,
-    OUTPUT_CROP,
-    OUTPUT_OFFSET,
-    channel_list,
-    dropout_rate,
-    make_activation,
-    make_norm,
-    placement,
-    positive_int,
-    shape3,
-)
+from text2brain.models import blocks
 
 
 class BrainEncoder(nn.Module):
@@ -46,26 +35,26 @@ class BrainEncoder(nn.Module):
     def __init__(
         self,
         out_dim: int,
-        grid_shape: Sequence[int] = GRID_SHAPE,
+        grid_shape: Sequence[int] = blocks.GRID_SHAPE,
         channels: Sequence[int] = (8, 16, 32),
         norm: str = "batch",
         activation: str = "hardtanh",
-        output_offset: Sequence[int] | None = OUTPUT_OFFSET,
-        output_crop: Sequence[int] | None = OUTPUT_CROP,
+        output_offset: Sequence[int] | None = blocks.OUTPUT_OFFSET,
+        output_crop: Sequence[int] | None = blocks.OUTPUT_CROP,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        self.out_dim = positive_int(out_dim, "out_dim")
-        self.grid_shape = shape3(grid_shape, "grid_shape")
-        self.channels = channel_list(channels, "channels")
+        self.out_dim = blocks.positive_int(out_dim, "out_dim")
+        self.grid_shape = blocks.shape3(grid_shape, "grid_shape")
+        self.channels = blocks.channel_list(channels, "channels")
         self.output_crop = (
-            self.grid_shape if output_crop is None else shape3(output_crop, "output_crop")
+            self.grid_shape if output_crop is None else blocks.shape3(output_crop, "output_crop")
         )
-        self.output_offset = placement(self.grid_shape, self.output_crop, output_offset)
-        make_norm(norm, 1)  # fail early, with the list of choices
-        make_activation(activation)
+        self.output_offset = blocks.placement(self.grid_shape, self.output_crop, output_offset)
+        blocks.make_norm(norm, 1)  # fail early, with the list of choices
+        blocks.make_activation(activation)
 
-        blocks: list[nn.Module] = []
+        stages: list[nn.Module] = []
         previous, side = 1, self.output_crop
         for c in self.channels:
             if min(side) < 2:
@@ -73,19 +62,19 @@ class BrainEncoder(nn.Module):
                     f"{len(self.channels)} stride-2 blocks shrink the {list(self.output_crop)} "
                     f"box below one voxel; use fewer channels entries or a larger crop"
                 )
-            blocks.append(
+            stages.append(
                 nn.Sequential(
                     nn.Conv3d(previous, c, kernel_size=4, stride=2, padding=1),
-                    make_norm(norm, c),
-                    make_activation(activation),
+                    blocks.make_norm(norm, c),
+                    blocks.make_activation(activation),
                 )
             )
             previous, side = c, tuple(n // 2 for n in side)
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = nn.Sequential(*stages)
         self.feature_shape: tuple[int, ...] = (previous, *side)
         self.head = nn.Sequential(
             nn.Flatten(1),
-            nn.Dropout(dropout_rate(dropout)),
+            nn.Dropout(blocks.dropout_rate(dropout)),
             nn.Linear(math.prod(self.feature_shape), out_dim),
         )
 

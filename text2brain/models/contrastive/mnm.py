@@ -81,42 +81,34 @@ class MNM(CLIP):
             )
         if not (curvature > 0 and min_radius > 0):
             raise ValueError(f"curvature and min_radius must be > 0, got {curvature}, {min_radius}")
-        self.curvature = curvature
-        self.learn_curvature = learn_curvature
-        self.logits = logits
-        self.entailment_parent = entailment_parent
-        self.entailment_weight = entailment_weight
-        self.min_radius = min_radius
-        self.hierarchy_weight = hierarchy_weight
-        self.hierarchy_aperture_scale = hierarchy_aperture_scale
-        self.ordering_weight = ordering_weight
-        self.ordering_margin = ordering_margin
         self._warned: set[str] = set()
 
     def make_geometry(self) -> LorentzGeometry:
+        hp = self.hparams  # MNM's own arguments, saved by the base
         return LorentzGeometry(
             self.embed_dim,
-            curvature=self.curvature,
-            learn_curvature=self.learn_curvature,
+            curvature=hp.curvature,
+            learn_curvature=hp.learn_curvature,
             temperature=self.initial_temperature,
-            logits=self.logits,
-            parent=self.entailment_parent,
-            min_radius=self.min_radius,
+            logits=hp.logits,
+            parent=hp.entailment_parent,
+            min_radius=hp.min_radius,
         )
 
     def extra_losses(
         self, text: Tensor, brain: Tensor, batch: dict[str, Any]
     ) -> dict[str, tuple[Tensor, float]]:
+        hp = self.hparams
         geometry: LorentzGeometry = self.net.geometry
         terms = {
             "entailment": (
                 geometry.entailment_loss(text, brain[: len(text)]),
-                self.entailment_weight,
+                hp.entailment_weight,
             )
         }
         parent, child = batch.get("hierarchy_parent"), batch.get("hierarchy_child")
         if parent is None:
-            if self.hierarchy_weight > 0 or self.ordering_weight > 0:
+            if hp.hierarchy_weight > 0 or hp.ordering_weight > 0:
                 self._warn_once(
                     "hierarchy",
                     "MNM's hierarchy_weight / ordering_weight are > 0 but the training batches "
@@ -130,11 +122,11 @@ class MNM(CLIP):
                 brain,
                 parent.to(brain.device),
                 child.to(brain.device),
-                self.hierarchy_aperture_scale,
-                self.ordering_margin,
+                hp.hierarchy_aperture_scale,
+                hp.ordering_margin,
             )
-        terms["hierarchy"] = (hierarchy[0], self.hierarchy_weight)
-        terms["ordering"] = (hierarchy[1], self.ordering_weight)
+        terms["hierarchy"] = (hierarchy[0], hp.hierarchy_weight)
+        terms["ordering"] = (hierarchy[1], hp.ordering_weight)
         return terms
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -142,7 +134,7 @@ class MNM(CLIP):
         if self.net.geometry.curvature_at_lower_bound():
             self._warn_once(
                 "curvature",
-                f"MNM's curvature reached its lower bound c = {self.curvature / 10:g} at "
+                f"MNM's curvature reached its lower bound c = {self.hparams.curvature / 10:g} at "
                 f"step {self.global_step} (the known curvature collapse); watch "
                 "train/curvature and the entailment loss, or set learn_curvature: false",
             )
