@@ -41,7 +41,8 @@ class TextEncoderHead(BrainMapModule):
 
     Args:
         text: the text encoder (text2brain.models.settings.TextEncoderSettings).
-        optim: the optimisation (text2brain.models.settings.OptimSettings).
+        optim: the optimisation (text2brain.models.settings.OptimSettings); None for a head
+            that is not trained by gradient.
     """
 
     #: The frozen encoder's vectors of the data's texts, attached at fit start (or None).
@@ -52,7 +53,7 @@ class TextEncoderHead(BrainMapModule):
     ) -> None:
         super().__init__()
         self.text_settings = as_settings(TextEncoderSettings, text)
-        self.optim_settings = as_settings(OptimSettings, optim)
+        self.optim_settings = None if optim is None else as_settings(OptimSettings, optim)
 
     @property
     def text_encoder(self) -> TextEncoder:
