@@ -1,16 +1,22 @@
-"""LightningCLI wiring: the zoo's models, the shared data module, config saving and logging."""
+"""LightningCLI wiring: the zoo's models, the shared data module, a head's run needs, config saving
+and logging."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import inspect
 import os
+import re
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from unittest import mock
 
 import lightning as L
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.accelerators import Accelerator
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
@@ -18,7 +24,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from text2brain import precision as precisions
 from text2brain.data import TextMapDataModule
 from text2brain.legacy_config import upgrade_argv
+from text2brain.models import model_class, registered_name
 from text2brain.models.base import BrainMapModule
+
+try:  # jsonargparse's --print_config, held until the head's run needs are applied
+    from jsonargparse._actions import _ActionPrintConfig as _PrintConfig
+except ImportError:  # pragma: no cover - another jsonargparse prints the config before them
+    _PrintConfig = None
 
 _LIGHTNING_PRECISION = inspect.signature(L.Trainer.__init__).parameters["precision"].annotation
 #: What the trainer's `precision` takes: "auto" or any value the installed Lightning accepts.
@@ -83,6 +95,20 @@ class ConfigError(ValueError):
 
 
 class Text2BrainCLI(LightningCLI):
+    """LightningCLI over the zoo; the head's run needs are applied before anything is built.
+
+    The head that `model.class_path` names sets its checkpoint folder, trainer arguments and
+    callbacks over the parsed config (`apply_run_needs`), and `--print_config` prints the run
+    with them applied, as its saved config.yaml records it.
+    """
+
+    def __init__(self, *args: Any, explicit_trainer_keys: Iterable[str] = (), **kwargs: Any):
+        """LightningCLI's arguments, and the trainer settings that the run states itself
+        (`explicit_trainer_keys(argv)`): a run need that replaces one of them warns."""
+        self.explicit_trainer_keys = frozenset(explicit_trainer_keys)
+        self._print_request: dict[str, Any] | None = None
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument(
             "--check_tokenizer",
@@ -90,6 +116,24 @@ class Text2BrainCLI(LightningCLI):
             default=True,
             help="fail when data.tokenizer differs from the model's encoder",
         )
+        parser.add_argument(
+            "--checkpoint_dir",
+            type=str | None,
+            default=None,
+            help="folder of the ModelCheckpoint callbacks that name none (default: "
+            "checkpoints/<the head's name in text2brain.models.MODELS>)",
+        )
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """As LightningCLI; a `--print_config` waits for `before_instantiate_classes`."""
+        hold = _PrintConfig.skip_print_config() if _PrintConfig else contextlib.nullcontext()
+        with hold:
+            super().parse_arguments(parser, args)
+        self._print_request = vars(parser).pop("print_config", None)
+        argv = [*sys.argv, *(args if isinstance(args, list) else [])]
+        asked = any(str(a).partition("=")[0] == "--print_config" for a in argv)
+        if asked and self._print_request is None:  # never run what was only to be printed
+            raise RuntimeError("this jsonargparse's --print_config cannot be held: upgrade it")
 
     def instantiate_classes(self) -> None:
         """Build the model, data and trainer; a bad value in the config is a `ConfigError`."""
@@ -100,6 +144,10 @@ class Text2BrainCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config.subcommand]
+        apply_run_needs(config, explicit=self.explicit_trainer_keys)
+        if self._print_request is not None:  # the run as it will be built; exits
+            self.parser.print_config = self._print_request
+            _PrintConfig.print_config_if_requested(self.parser, self.config)
         try:
             self._check_tokenizer(config)
         except ValueError as err:
@@ -122,6 +170,149 @@ class Text2BrainCLI(LightningCLI):
             )
 
 
+# -- what a head needs from its run -------------------------------------------------------------
+def apply_run_needs(config: Any, explicit: Iterable[str] = ()) -> None:
+    """The run's head sets what it needs over the parsed config of `fit|validate|test|predict`.
+
+    - Its `trainer_arguments` replace the trainer's values. A value the run states itself
+      (`explicit`: trainer keys from the command line or a config's own keys, see
+      `explicit_trainer_keys`) is replaced with a warning naming it; one from an included
+      trainer file, the settings every head shares, without.
+    - Its `dropped_callbacks` leave the trainer (with a warning if the run lists its callbacks).
+    - ModelCheckpoint callbacks without a `dirpath` write to `checkpoint_dir`, by default
+      checkpoints/<name>, the head's registry name (`checkpoint_name`); a dirpath is kept.
+
+    One line logs what was set.
+    """
+    explicit = frozenset(explicit)
+    head = head_class(config.model.class_path)
+    trainer = config.trainer
+    said, changed = [], []
+    for key, need in head.trainer_arguments.items():
+        value = trainer.get(key)
+        if type(value) is type(need) and value == need:
+            continue
+        if key in explicit:
+            rank_zero_warn(
+                f"{head.__name__} needs trainer.{key}={need!r}: the config's {value!r} is replaced"
+            )
+        trainer[key] = need
+        changed.append(f"{key}={need}")
+    if changed:
+        said.append(f"trainer {', '.join(changed)}")
+
+    callbacks = _callbacks(trainer)
+    kept = [c for c in callbacks if _dropped_as(c, head.dropped_callbacks) is None]
+    if len(kept) < len(callbacks):
+        dropped = [d for c in callbacks if (d := _dropped_as(c, head.dropped_callbacks))]
+        if "callbacks" in explicit:
+            rank_zero_warn(f"{head.__name__} does not use these callbacks, dropped: {dropped}")
+        said.append(f"callbacks dropped: {', '.join(dropped)}")
+        trainer.callbacks = kept
+
+    folder = config.get("checkpoint_dir") or f"checkpoints/{checkpoint_name(head)}"
+    if fill_checkpoint_dirs(kept, folder):
+        said.append(f"checkpoints in {folder}/")
+    if said:
+        rank_zero_info(f"{head.__name__} run: {'; '.join(said)}")
+
+
+def head_class(class_path: str) -> type[BrainMapModule]:
+    """The head a config's `model.class_path` names: through the registry, else imported."""
+    name = registered_name(class_path)
+    if name is not None:
+        return model_class(name)
+    module, _, attribute = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def checkpoint_name(head: type) -> str:
+    """The folder name of a head's checkpoints: its registry name (`text2brain.models.MODELS`),
+    else, for a head not registered yet, its class name in snake case (MyHead -> my_head)."""
+    name = registered_name(f"{head.__module__}.{head.__qualname__}")
+    if name is not None:
+        return name
+    words = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", head.__name__)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", words).lower()
+
+
+def fill_checkpoint_dirs(callbacks: Sequence[Any], folder: str) -> int:
+    """Sets `folder` as the dirpath of the ModelCheckpoint entries without one; how many."""
+    filled = 0
+    for callback in callbacks:
+        if _class_name(callback) != "ModelCheckpoint" or not hasattr(callback, "get"):
+            continue
+        if callback.get("init_args") is None:
+            callback.init_args = Namespace()
+        if callback.init_args.get("dirpath") is None:
+            callback.init_args.dirpath = folder
+            filled += 1
+    return filled
+
+
+def _callbacks(trainer: Any) -> list[Any]:
+    """The trainer config's callbacks as a list (the config may give one alone, or none)."""
+    callbacks = trainer.get("callbacks")
+    if callbacks is None:
+        return []
+    return list(callbacks) if isinstance(callbacks, list) else [callbacks]
+
+
+def _dropped_as(callback: Any, dropped: dict[str, dict[str, Any]]) -> str | None:
+    """How `callback` is named in a head's `dropped_callbacks` if it is one, else None."""
+    name = _class_name(callback)
+    if name not in dropped:
+        return None
+    init_args = callback.get("init_args") if hasattr(callback, "get") else callback
+    values = {k: getattr(init_args, k, None) for k in dropped[name]}
+    if any(values[k] != v for k, v in dropped[name].items()):
+        return None
+    return f"{name}({', '.join(f'{k}={v}' for k, v in values.items())})" if values else name
+
+
+def explicit_trainer_keys(argv: Sequence[str]) -> set[str]:
+    """The trainer settings that a command line states itself (before `expand_config_includes`).
+
+    A `--trainer.KEY` option, a `--trainer` YAML string, and a config's own `trainer.KEY` or
+    `trainer: {KEY: ...}` keys; not the keys of a trainer file that a config includes
+    (`trainer: trainer/default.yaml`) or that `--trainer FILE` names: those are the settings
+    every head shares, which a head's run needs replace without a warning.
+    """
+    keys: set[str] = set()
+    for i, arg in enumerate(argv):
+        option, has_value, value = arg.partition("=")
+        if not has_value:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if option.startswith("--trainer."):
+            keys.add(option.split(".")[1].rstrip("+"))  # callbacks+=... appends
+        elif option == "--trainer" and not Path(value).is_file():
+            keys |= _trainer_keys({"trainer": _load_yaml(value)})
+        elif option in CONFIG_FLAGS:
+            path = Path(value)
+            keys |= _trainer_keys(_load_yaml(path.read_text() if path.is_file() else value))
+    return keys
+
+
+def _trainer_keys(config: Any) -> set[str]:
+    """The trainer keys a config states itself (an include's string is not one)."""
+    if not isinstance(config, dict):
+        return set()
+    keys: set[str] = set()
+    for key, value in config.items():
+        if key == "trainer" and isinstance(value, dict):
+            keys |= {str(k) for k in value}
+        elif isinstance(key, str) and key.startswith("trainer."):
+            keys.add(key.split(".")[1])
+    return keys
+
+
+def _load_yaml(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None  # jsonargparse reports it
+
+
 #: Callbacks that fail without a logger (Lightning says so only once training starts).
 LOGGER_ONLY_CALLBACKS = ("LearningRateMonitor",)
 
@@ -135,7 +326,7 @@ def drop_logger_only_callbacks(trainer: Any) -> None:
     logger = trainer.get("logger")
     if not (logger is False or (isinstance(logger, list) and not logger)):
         return
-    callbacks = trainer.get("callbacks") or []
+    callbacks = _callbacks(trainer)
     kept = [c for c in callbacks if _class_name(c) not in LOGGER_ONLY_CALLBACKS]
     if len(kept) == len(callbacks):
         return
@@ -153,7 +344,7 @@ def drop_checkpoints_in_fast_dev_run(trainer: Any) -> None:
     """
     if not trainer.get("fast_dev_run"):
         return
-    callbacks = trainer.get("callbacks") or []
+    callbacks = _callbacks(trainer)
     kept = [c for c in callbacks if _class_name(c) != "ModelCheckpoint"]
     if len(kept) < len(callbacks):  # Lightning already says "checkpointing is suppressed"
         trainer.callbacks = kept
@@ -259,16 +450,17 @@ def _merged_config(path: Path) -> dict[str, Any] | None:
 
 def run_lightning_cli(argv: list[str]) -> Text2BrainCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    explicit = explicit_trainer_keys(argv)
     argv = upgrade_argv(expand_config_includes(argv))
     # The command line goes through sys.argv (LightningCLI reads it when `args` is None), not
     # through `args`: Lightning's DDP launcher starts the other ranks by re-running
     # `sys.executable <script or -m module> sys.argv[1:]`, so sys.argv must hold this command
     # while the trainer runs, or the ranks > 0 start without a subcommand and exit.
     with mock.patch.object(sys, "argv", [*sys.argv[:1], *argv]):
-        return _make_cli()
+        return _make_cli(explicit)
 
 
-def _make_cli() -> Text2BrainCLI:
+def _make_cli(explicit_trainer_keys: Iterable[str] = ()) -> Text2BrainCLI:
     return Text2BrainCLI(
         BrainMapModule,
         TextMapDataModule,
@@ -280,4 +472,5 @@ def _make_cli() -> Text2BrainCLI:
         parser_kwargs={"prog": "text2brain"},
         args=None,
         auto_configure_optimizers=False,
+        explicit_trainer_keys=explicit_trainer_keys,
     )

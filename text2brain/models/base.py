@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
@@ -39,6 +39,13 @@ class BrainMapModule(BrainMapHead, L.LightningModule):
 
     #: Whether the head is trained by gradient descent (baselines fit in closed form).
     trains_by_gradient = True
+    #: Trainer arguments the head needs, set by `text2brain fit|validate|test|predict` over the
+    #: run's config (text2brain.training.apply_run_needs; a value the run states otherwise is
+    #: replaced with a warning naming it).
+    trainer_arguments: ClassVar[dict[str, Any]] = {}
+    #: Callbacks the head has no use for, dropped from the run's trainer by the same commands:
+    #: class name -> the init arguments that pick them out ({}: every callback of that class).
+    dropped_callbacks: ClassVar[dict[str, dict[str, Any]]] = {}
     ignored_hparams = ()  # it takes them all
     inference_only = False
     #: The optimisation (text2brain.models.settings.OptimSettings), set by the heads that train

@@ -16,7 +16,7 @@ stored in a checkpoint before it is loaded, so a fitted head loads with strict
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -36,6 +36,22 @@ class ClosedFormModule(BrainMapModule):
     """
 
     trains_by_gradient = False
+    #: What the one-batch run of a closed-form fit needs from the shared trainer config.
+    trainer_arguments: ClassVar[dict[str, Any]] = {
+        "precision": "32-true",  # float32 fit and metrics: autocast would round the maps
+        "gradient_clip_val": None,  # no optimizer: nothing to clip (Lightning refuses to)
+        "max_epochs": 1,  # the fit happens at setup; one epoch of one batch only ends it,
+        "limit_train_batches": 1,  # then validation runs and best.ckpt is written
+        "num_sanity_val_steps": 0,  # one validation, after that batch: no sanity pass
+        "log_every_n_steps": 1,  # the run has one step
+    }
+    #: Callbacks that serve gradient training only: the learning-rate monitor (it refuses to run
+    #: without an optimizer) and the resume checkpoint (last.ckpt, no monitor: a one-step run
+    #: has nothing to resume, and it would write the fitted head a second time).
+    dropped_callbacks: ClassVar[dict[str, dict[str, Any]]] = {
+        "LearningRateMonitor": {},
+        "ModelCheckpoint": {"save_last": True, "monitor": None},
+    }
     #: Buffers whose shape depends on the fit (re-created from a checkpoint's shapes on load).
     fitted_buffers: tuple[str, ...] = ()
 
