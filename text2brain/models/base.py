@@ -55,12 +55,14 @@ class BrainMapModule(BrainMapHead, L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         # Every __init__ frame of the head, from its class down to this one; only what the
-        # head's own signature takes (a base's argument the head fixes is not the head's).
+        # head's own signature takes (a base's argument the head fixes is not the head's),
+        # and LightningCLI's own entries (`_class_path`, read back by `--ckpt_path`).
         self.save_hyperparameters()
         params = inspect.signature(type(self).__init__).parameters
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             for name in set(self.hparams) - set(params):
-                del self.hparams[name]
+                if not name.startswith("_"):
+                    del self.hparams[name]
         if self.hparams:
             self.save_hyperparameters(as_plain(dict(self.hparams)))
         self.val_metrics = map_metrics("val/")
