@@ -15,9 +15,10 @@ from torch import Tensor, nn
 from text2brain.brain import BrainSpace
 from text2brain.models.formats import upgrade_checkpoint
 
-#: Arguments that only matter for training (`BrainMapModule`'s optimisation settings): a
-#: checkpoint's hyper-parameters hold them, and an inference class ignores them.
-TRAINING_HPARAMS = ("optim",)
+#: Arguments that only matter for training (the optimisation settings, what Text2Brain's
+#: targets and readout fit are): a checkpoint's hyper-parameters hold them, and an inference
+#: class ignores them.
+TRAINING_HPARAMS = ("optim", "target_transform", "readout_alpha")
 
 
 class BrainMapHead(nn.Module):

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from text2brain.models.ridge import RELATIVE_ALPHAS, fit_ridge
 from text2brain.models.settings import DecoderSettings, OptimSettings, TextEncoderSettings
+from text2brain.models.targets import parse_transform, transform_targets
 from text2brain.models.text2brain.torch_model import Text2BrainMaths
 from text2brain.models.text_head import TextEncoderHead
 
@@ -36,6 +37,10 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
         optim: the optimisation (text2brain.models.settings.OptimSettings).
         target_normalisation: "none", or "max" to divide each target by its maximum (the
             released Text2Brain code did); predictions are then on that scale.
+        target_transform: a monotone transform of the (normalised) targets that the loss, the
+            mean map and the readout fit see: "none", "sqrt", "power:P" or "log1p:C"
+            (text2brain.models.targets); predictions are then on the transformed scale, which
+            ranks voxels as the original one does.
         residual: predict the offset from the training split's mean map (kept in the
             checkpoint) with a zero-initialised output layer, so training starts at the
             corpus-mean floor instead of below it, and the decoder learns what a text changes.
@@ -47,6 +52,9 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
         readout_rank: keep this many directions of the readout (reduced-rank ridge, stored as
             two factors); None keeps the full rank (the embedding size). A low rank regularises
             and shrinks the checkpoint: on NeuroQuery rank 32 beats the full rank.
+        readout_alpha: the readout's ridge penalty, in units of the mean squared singular
+            value of the centred title embeddings; None chooses it by leave-one-out squared
+            error over text2brain.models.ridge.RELATIVE_ALPHAS (1e-3 .. 10).
     """
 
     def __init__(
@@ -55,11 +63,18 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
         decoder: DecoderSettings = DecoderSettings(),
         optim: OptimSettings = OptimSettings(encoder_lr=1e-5, lr=1e-2),
         target_normalisation: str = "max",
+        target_transform: str = "none",
         residual: bool = True,
         readout: str = "ridge",
         readout_rank: int | None = 32,
+        readout_alpha: float | None = None,
     ) -> None:
         super().__init__(text=text, optim=optim)
+        parse_transform(target_transform)  # a bad name fails here, not at fit
+        self.target_transform = target_transform
+        if readout_alpha is not None and not readout_alpha > 0:
+            raise ValueError(f"readout_alpha must be > 0 or null, got {readout_alpha}")
+        self.readout_alpha = readout_alpha
         self.configure(text, decoder, target_normalisation, residual, readout, readout_rank)
 
     def on_fit_start(self) -> None:
@@ -104,7 +119,7 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
         fit = fit_ridge(
             embeddings,
             targets,
-            RELATIVE_ALPHAS,
+            RELATIVE_ALPHAS if self.readout_alpha is None else [self.readout_alpha],
             relative=True,
             loo_voxels=4096,
             rank=self.readout_in.shape[1],
@@ -124,8 +139,8 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
 
     def normalise_target(self, target: Tensor) -> Tensor:
         if self.target_normalisation == "max":
-            return target / target.amax(dim=1, keepdim=True).clamp_min(1e-12)
-        return target
+            target = target / target.amax(dim=1, keepdim=True).clamp_min(1e-12)
+        return transform_targets(target, self.target_transform)
 
     def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         return {"loss": self.map_loss(self(batch), batch["map"].float())}

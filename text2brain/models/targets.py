@@ -1,0 +1,57 @@
+"""Monotone transforms of the training targets, for heads scored by a rank metric.
+
+Why: Dice-AUC only asks which voxels rank in a map's top 5-30%, while a squared error on
+max-normalised maps is dominated by the few highest peaks. A monotone transform that lifts the
+shoulders of the peaks (a power below 1, a log) leaves every map's ranking, and so the metric of
+a perfect prediction, unchanged, but makes the regression fit the part of the map the metric
+reads. On NeuroQuery's validation titles a ridge readout of MiniLM embeddings scored 0.0690
+Dice-AUC on max-normalised maps and about 0.0745 on their 0.1 power. Predictions are then on
+the transformed scale (rank the same as on the original one). No Lightning here.
+
+A transform is named by one YAML-friendly string: "none", "sqrt", "power:P" (sign(x) |x|^P,
+0 < P <= 1) or "log1p:C" (sign(x) log1p(C |x|) / log1p(C), C > 0), so maps in [-1, 1] stay in
+[-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+TRANSFORMS = ("none", "sqrt", "power:P", "log1p:C")
+
+
+def parse_transform(spec: str) -> tuple[str, float]:
+    """("none" | "power" | "log1p", its parameter) of a transform name; a clear error if bad."""
+    if not isinstance(spec, str):
+        raise ValueError(f"target_transform must be a string such as 'power:0.25', got {spec!r}")
+    name, _, value = spec.strip().partition(":")
+    if name in ("none", "sqrt") and not value:
+        return ("none", 1.0) if name == "none" else ("power", 0.5)
+    if name in ("power", "log1p") and value:
+        try:
+            parameter = float(value)
+        except ValueError:
+            parameter = math.nan
+        if name == "power" and 0 < parameter <= 1:
+            return name, parameter
+        if name == "log1p" and 0 < parameter < math.inf:
+            return name, parameter
+    raise ValueError(
+        f"target_transform {spec!r} is not one of {TRANSFORMS} (power: 0 < P <= 1; log1p: C > 0)"
+    )
+
+
+def transform_targets(maps: Tensor, spec: str) -> Tensor:
+    """`maps` (any shape) through the transform `spec`, elementwise and sign-preserving."""
+    name, parameter = parse_transform(spec)
+    if name == "none":
+        return maps
+    magnitude = maps.abs()
+    if name == "power":
+        magnitude = magnitude.pow(parameter)
+    else:
+        magnitude = torch.log1p(parameter * magnitude) / math.log1p(parameter)
+    return torch.sign(maps) * magnitude
