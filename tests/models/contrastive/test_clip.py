@@ -40,7 +40,7 @@ from text2brain.models.contrastive.retrieval import (
 from text2brain.models.contrastive.torch_model import LorentzGeometry
 from text2brain.paths import CACHE_DIR_ENV
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 HEADS = ("clip", "mnm")
 TEXTS = ["working memory in the prefrontal cortex", "pain and the insula", "visual cortex"]
 HIERARCHY_TABLES = 2

@@ -53,7 +53,7 @@ from text2brain.models.neurosynth.association import (
     sphere_activation,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASELINES = ("corpus_mean", "neuroquery", "neurosynth")
 TERM_HEADS = ("neuroquery", "neurosynth")
 
