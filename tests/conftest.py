@@ -1,7 +1,10 @@
-"""Shared test fixtures: a small synthetic brain space, random peaks, the NeuroQuery folder,
-a tiny BERT, tiny models on one thread and one trained Text2Brain checkpoint.
+"""Shared test fixtures: a small synthetic brain space, random peaks, a generated corpus, the
+NeuroQuery folder, a tiny BERT and its tokenizer, tiny models on one thread, one trained
+Text2Brain checkpoint and the two contrastive heads trained once.
 
 Every test runs offline and with a private cache folder (see `_offline_and_private_cache`).
+The tests of a package's modules live in the matching folder (tests/models/ for
+text2brain/models/, ...), with the fixtures only they use in that folder's conftest.py.
 """
 
 from __future__ import annotations
@@ -11,14 +14,21 @@ import string
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pytest
 import torch
-from synthetic import TINY_VOCABULARY, ellipsoid_space, random_coordinates, train_tiny_text2brain
+from synthetic import (
+    TINY_VOCABULARY,
+    ellipsoid_space,
+    random_coordinates,
+    torch_threads,
+    train_tiny_contrastive,
+    train_tiny_text2brain,
+    write_corpus_files,
+)
 
 import text2brain.precision
 from text2brain.brain import BrainSpace
@@ -40,20 +50,23 @@ def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("text2brain-cache")
 
 
-@pytest.fixture(autouse=True)
-def _offline_and_private_cache(monkeypatch: pytest.MonkeyPatch, _session_cache_dir: Path) -> None:
-    """No test touches the network or ~/.cache.
+@pytest.fixture(scope="session", autouse=True)
+def _offline_and_private_cache(_session_cache_dir: Path) -> Iterator[None]:
+    """No test, nor any fixture of any scope, touches the network or ~/.cache.
 
     `urllib.request.urlopen` (text2brain's only downloader) fails as it would offline, and
     $TEXT2BRAIN_CACHE_DIR points at a temporary folder shared by the test session. Tests that
-    need a "download" monkeypatch `urlopen` again themselves.
+    need a "download" monkeypatch `urlopen` again themselves (their `monkeypatch` puts this
+    back). Session-wide, so module- and session-scoped fixtures run isolated too.
     """
 
     def refuse(url: object, *args: object, **kwargs: object) -> None:
         raise urllib.error.URLError(f"network access is disabled in tests (asked for {url})")
 
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setenv(CACHE_DIR_ENV, str(_session_cache_dir))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(urllib.request, "urlopen", refuse)
+        patch.setenv(CACHE_DIR_ENV, str(_session_cache_dir))
+        yield
 
 
 #: The CPU every test sees unless it fakes another: x86 without native bf16.
@@ -86,10 +99,26 @@ def small_space() -> BrainSpace:
     return ellipsoid_space()
 
 
+@pytest.fixture(scope="session")
+def space() -> BrainSpace:
+    """The `small_space` grid, shared by the session (for module- and session-scoped fixtures)."""
+    return ellipsoid_space()
+
+
 @pytest.fixture
 def make_coordinates() -> Callable[..., pd.DataFrame]:
     """`random_coordinates` (space, n_articles, max_tables, max_peaks, margin, seed)."""
     return random_coordinates
+
+
+@pytest.fixture(scope="session")
+def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A generated corpus of 80 articles, its mask and its split file (`write_corpus_files`).
+
+    The data module written by the first test that uses it makes the split file; the others
+    read it (every tiny data module asks for the same split, synthetic.tiny_data_args).
+    """
+    return write_corpus_files(tmp_path_factory.mktemp("synthetic-data"))
 
 
 # -- shared NeuroQuery corpus ------------------------------------------------------------------
@@ -156,18 +185,15 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-# -- tiny models on one thread, and one trained checkpoint -----------------------------------
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_bert: Path) -> Any:
+    """The tokenizer of `tiny_bert`, as `load_tokenizer` gives it."""
+    from text2brain.tokens import load_tokenizer
+
+    return load_tokenizer(str(tiny_bert))
 
 
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch on `n` threads inside the block, as many as before after it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+# -- tiny models on one thread, and trained ones ----------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +222,30 @@ def tiny_predictor(tiny_checkpoint: Path) -> Predictor:
     from text2brain.inference import load_predictor
 
     return load_predictor(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def contrastive_runs(
+    tmp_path_factory: pytest.TempPathFactory, data_files: dict[str, str], tiny_bert: Path
+) -> dict[str, dict[str, Any]]:
+    """CLIP and MNM, each fitted 3 bf16 steps on hierarchy batches, validated and saved.
+
+    name -> model, data, path, logged, metrics (synthetic.train_tiny_contrastive). Trained once
+    for the session (on one thread), for the tests of the heads, of their retrieval bank and of
+    `text2brain query`'s retrieval options.
+    """
+    with torch_threads(1):
+        return {
+            name: train_tiny_contrastive(name, data_files, tmp_path_factory.mktemp(name), tiny_bert)
+            for name in ("clip", "mnm")
+        }
+
+
+@pytest.fixture(scope="session")
+def contrastive_predictors(contrastive_runs: dict[str, dict[str, Any]]) -> dict[str, Predictor]:
+    """`contrastive_runs`' checkpoints loaded on the CPU."""
+    from text2brain.inference import load_predictor
+
+    return {
+        name: load_predictor(run["path"], device="cpu") for name, run in contrastive_runs.items()
+    }

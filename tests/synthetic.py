@@ -1,4 +1,5 @@
-"""Tiny generated corpora with known structure, shared by the tests.
+"""Tiny generated corpora with known structure, shared by the tests, and the helpers that
+build tiny data modules and trainers on them and train tiny heads.
 
 Each article is about one topic; a topic has a word and a region of the small grid, and its
 articles report peaks near that region, so a model or baseline that learns anything must map
@@ -7,6 +8,8 @@ the topic word to the topic region.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,22 @@ TINY_VOCABULARY = (
     "cortex prefrontal amygdala hippocampus insula task fmri brain activation the of and in "
     "a to with for study number vision audition motor memory healthy adults area"
 ).split()
+
+
+#: Three queries of the tiny vocabulary, for the maps of the tiny heads.
+QUERIES = ["working memory in the prefrontal cortex", "pain and the insula", "visual cortex"]
+
+#: Texts that are hard to tokenise: accents, scripts without spaces, emoji, special-token
+#: look-alikes, invisible characters and one text longer than 128 tokens.
+HARD_TEXTS = [
+    "self-generated thought",
+    "Schmerz über 痛み 🧠",
+    "naïve CAFÉ résumé, ÅNGSTRÖM Ω ﬁ",
+    "中文字符测试 日本語のテキスト",
+    "The default-mode network (DMN) is deactivated during external tasks; " * 12,
+    "x\u200by\tz\n\nw  [CLS] [SEP] [MASK] [PAD]",
+    "emoji 😀👍 end",
+]
 
 
 def ellipsoid_space(
@@ -84,6 +103,13 @@ def topic_centres(space: BrainSpace) -> dict[str, np.ndarray]:
         "memory": (6, 10, 3),
     }
     return {t: space.affine[:3, :3] @ np.array(v) + space.affine[:3, 3] for t, v in voxels.items()}
+
+
+def topic_region(space: BrainSpace, topic: str, radius_mm: float = 8.0) -> np.ndarray:
+    """Which brain voxels (a mask over `space`'s vector) lie within `radius_mm` of the topic's
+    centre."""
+    centres = space.affine[:3, :3] @ np.argwhere(space.mask).T + space.affine[:3, 3:4]
+    return np.linalg.norm(centres.T - topic_centres(space)[topic], axis=1) <= radius_mm
 
 
 def make_corpus(
@@ -148,20 +174,44 @@ def write_corpus_files(folder: Path, n_articles: int = 80) -> dict[str, str]:
     }
 
 
-def tiny_datamodule(files: dict[str, str], encoder: Path | str) -> Any:
-    """The data module of a generated corpus (`write_corpus_files`): 8 test and 8 validation
-    articles, batches of 8 tokenised by `encoder`'s tokenizer, no loader workers."""
+def tiny_data_args(
+    files: dict[str, str], encoder: Path | str | None = None, **options: Any
+) -> dict[str, Any]:
+    """The data module arguments of a generated corpus (`write_corpus_files`): 8 test and 8
+    validation articles, batches of 8 tokenised by `encoder`'s tokenizer (none: untokenised),
+    no loader workers; `options` add to or override these."""
+    return {
+        **files,
+        "n_test": 8,
+        "n_val": 8,
+        "keyword_max_df": 0.05,
+        "tokenizer": None if encoder is None else str(encoder),
+        "batch_size": 8,
+        "num_workers": 0,
+        **options,
+    }
+
+
+def tiny_datamodule(
+    files: dict[str, str], encoder: Path | str | None = None, **options: Any
+) -> Any:
+    """The data module of `tiny_data_args`."""
     from text2brain.data import TextMapDataModule
 
-    return TextMapDataModule(
-        **files,
-        n_test=8,
-        n_val=8,
-        keyword_max_df=0.05,
-        tokenizer=str(encoder),
-        batch_size=8,
-        num_workers=0,
-    )
+    return TextMapDataModule(**tiny_data_args(files, encoder, **options))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch on `n` threads inside the block, as many as before after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def quiet_trainer(root: Path | None = None, **options: Any) -> Any:
@@ -191,19 +241,51 @@ def train_tiny_text2brain(folder: Path, encoder: Path, **overrides: object) -> P
     `overrides` change the tiny config's init args.
     """
     import lightning as L
-    import pytest
-    from model_configs import merged, tiny_init_args
+    from model_configs import tiny_model
 
-    from text2brain.models.text2brain import Text2Brain
-    from text2brain.paths import CACHE_DIR_ENV
-
-    with pytest.MonkeyPatch.context() as mp:  # module-scoped callers: no autouse cache yet
-        mp.setenv(CACHE_DIR_ENV, str(folder / "cache"))
-        data = tiny_datamodule(write_corpus_files(folder), encoder)
-        L.seed_everything(0, verbose=False)
-        model = Text2Brain(**merged(tiny_init_args("text2brain", encoder), overrides))
-        trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
-        trainer.fit(model, datamodule=data)
-        path = folder / "tiny.ckpt"
-        trainer.save_checkpoint(path)
+    data = tiny_datamodule(write_corpus_files(folder), encoder)
+    L.seed_everything(0, verbose=False)
+    model = tiny_model("text2brain", encoder, **overrides)
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    path = folder / "tiny.ckpt"
+    trainer.save_checkpoint(path)
     return path
+
+
+def train_tiny_contrastive(
+    name: str, files: dict[str, str], folder: Path, encoder: Path, hierarchy_tables: int = 2
+) -> dict[str, Any]:
+    """A contrastive head (CLIP, MNM) fitted 3 bf16 steps on hierarchy batches, validated and
+    saved to `folder`: its model (in eval mode), data module, checkpoint path, the values
+    logged at each training step and the metrics after validation."""
+    import lightning as L
+    from model_configs import tiny_model
+
+    class Logged(L.Callback):
+        """Every value logged at each training batch end (`trainer.callback_metrics`)."""
+
+        def __init__(self) -> None:
+            self.steps: list[dict[str, float]] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.steps.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    data = tiny_datamodule(files, encoder, hierarchy_tables=hierarchy_tables)
+    L.seed_everything(0, verbose=False)
+    model = tiny_model(name, encoder)
+    logged = Logged()
+    run = quiet_trainer(
+        folder, num_sanity_val_steps=0, max_steps=3, precision="bf16-mixed", callbacks=[logged]
+    )
+    run.fit(model, datamodule=data)
+    run.validate(model, datamodule=data, verbose=False)
+    path = folder / f"{name}.ckpt"
+    run.save_checkpoint(path)
+    return {
+        "model": model.eval(),
+        "data": data,
+        "path": path,
+        "logged": logged.steps,
+        "metrics": {k: float(v) for k, v in run.callback_metrics.items()},
+    }

@@ -11,13 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.ndimage import gaussian_filter
+from synthetic import make_corpus
 
-from text2brain.brain import (
-    BrainSpace,
-    render_article_maps,
-    render_peak_groups,
-    render_table_maps,
-)
+from text2brain.brain import BrainSpace, render_article_maps, render_peak_groups, render_table_maps
 
 
 def scipy_reference(
@@ -402,4 +398,8 @@ def test_render_peak_groups_chunking_and_checks(small_space, make_coordinates) -
         render_peak_groups(group, xyz, weights, 7, small_space, fwhm=0.0)
 
 
-# -- pairwise Pearson ----------------------------------------------------------------------------
+def test_coordinates_frame_is_not_mutated(small_space: BrainSpace) -> None:
+    corpus = make_corpus(small_space, n_articles=80)
+    before = corpus.coordinates.copy()
+    render_article_maps(corpus.coordinates, small_space)
+    pd.testing.assert_frame_equal(corpus.coordinates, before)

@@ -6,8 +6,6 @@ on a synthetic corpus, on CPU, with each kind of logger.
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,36 +20,16 @@ import yaml
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from model_configs import tiny_init_args
 from PIL import Image
-from synthetic import small_space, write_corpus_files
+from synthetic import small_space, tiny_data_args, tiny_datamodule
 
 from text2brain.callbacks import MapFigureLogger, shorten
-from text2brain.data import TextMapDataModule
 from text2brain.models.text2brain import Text2Brain
-from text2brain.paths import CACHE_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 MAP_FILES = {"map_0.png", "map_1.png", "dice_curve.png"}
 
 
 # -- fixtures ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A synthetic JSONL corpus, its mask and a split file (written by the first data module)."""
-    return write_corpus_files(tmp_path_factory.mktemp("callback-data"))
-
-
-def data_args(data_files: dict[str, str], tiny_bert: Path) -> dict[str, Any]:
-    return {
-        **data_files,
-        "n_test": 8,
-        "n_val": 8,
-        "keyword_max_df": 0.05,
-        "tokenizer": str(tiny_bert),
-        "batch_size": 8,
-        "num_workers": 0,
-    }
 
 
 def fit_tiny(
@@ -83,7 +61,7 @@ def fit_tiny(
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(
             Text2Brain(**tiny_init_args("text2brain", tiny_bert)),
-            datamodule=TextMapDataModule(**data_args(data_files, tiny_bert)),
+            datamodule=tiny_datamodule(data_files, tiny_bert),
         )
     assert trainer.state.finished
     return trainer
@@ -190,14 +168,11 @@ def test_map_figure_of_each_plot_kind(plot: str, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def logged_run(
-    tiny_bert: Path, data_files: dict[str, str], tmp_path_factory, _session_cache_dir: Path
-) -> dict[str, Any]:
+def logged_run(tiny_bert: Path, data_files: dict[str, str], tmp_path_factory) -> dict[str, Any]:
     """Two epochs (no sanity check) with a CSV, a TensorBoard and an offline wandb logger.
 
     Spies record what reaches TensorBoard and wandb, and the texts given to predict_texts.
-    Being module-scoped, it is set up before the autouse isolation fixture of conftest, so it
-    applies the same isolation itself (private cache, no urlopen).
+    (conftest's session-wide isolation keeps it offline and out of the user's cache.)
     """
     pytest.importorskip("wandb")
     import wandb
@@ -218,12 +193,7 @@ def logged_run(
     original_log_image = WandbLogger.log_image
     original_predict = Text2Brain.predict_texts
 
-    def refuse(url: object, *args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError(f"network access is disabled in tests (asked for {url})")
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(urllib.request, "urlopen", refuse)
-        patch.setenv(CACHE_DIR_ENV, str(_session_cache_dir))
         for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
             patch.setenv(name, str(wandb_home))
         patch.setenv("WANDB_MODE", "offline")
@@ -421,7 +391,7 @@ def test_cli_logs_full_config(
             "class_path": "text2brain.models.text2brain.Text2Brain",
             "init_args": tiny_init_args("text2brain", tiny_bert),
         },
-        "data": data_args(data_files, tiny_bert),
+        "data": tiny_data_args(data_files, tiny_bert),
         "trainer": {
             "accelerator": "cpu",
             "max_epochs": 1,

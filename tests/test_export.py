@@ -1,8 +1,8 @@
 """`text2brain export`: safetensors + JSON that `load_predictor` and `text2brain query` read.
 
-The registry-parametrised round trip (every head exports and loads back) is in test_models.py;
-here: leaving out the unchanged base encoder, half precision, and every way an export can be
-bad.
+The registry-parametrised round trip (every head exports and loads back) is in
+models/test_base.py; here: leaving out the unchanged base encoder, half precision, and every
+way an export can be bad.
 """
 
 from __future__ import annotations

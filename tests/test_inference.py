@@ -2,7 +2,8 @@
 
 The checkpoint (conftest's `tiny_checkpoint`) is a tiny Text2Brain trained for two steps by a
 real Lightning run, so the loader is tested on what `text2brain fit` writes, not on a
-hand-made imitation.
+hand-made imitation; the retrieval methods (related articles, describing a map) on the
+contrastive heads trained once for the session (conftest's `contrastive_runs`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from synthetic import small_space
+from synthetic import QUERIES, small_space
 
 import text2brain
 import text2brain.checkpoint
@@ -355,3 +356,62 @@ def test_unknown_tokens_are_counted_and_warned(tiny_predictor: Predictor) -> Non
     message = str(caught[0].message)
     assert "texts[0] ('😀🧠')" in message and "texts[1] ('工作记忆')" in message
     assert "texts[2]" not in message and "texts[4]" not in message
+
+
+# -- retrieval: the contrastive heads' predictors ----------------------------------------------
+@pytest.mark.parametrize("name", ["clip", "mnm"])
+def test_predictor_from_checkpoint(
+    contrastive_runs: dict[str, dict[str, Any]],
+    contrastive_predictors: dict[str, Predictor],
+    name: str,
+) -> None:
+    model, predictor = contrastive_runs[name]["model"], contrastive_predictors[name]
+    torch.testing.assert_close(
+        torch.from_numpy(predictor.predict_vectors(QUERIES)), model.predict_texts(QUERIES)
+    )
+    (image,) = predictor.predict_maps(QUERIES[:1])
+    assert image.shape == predictor.space.shape
+
+    related = predictor.related_articles("working memory", k=4)
+    assert len(related) == 4
+    assert [r.distance for r in related] == sorted(r.distance for r in related)
+    assert {r.article_id for r in related} <= set(model.bank.ids)
+    first = related[0]
+    row = model.bank.ids.index(first.article_id)
+    assert (
+        first.title == model.bank.titles[row] and list(first.keywords) == model.bank.keywords[row]
+    )
+
+    # A training article's own map is nearest to itself.
+    row = 5
+    image = predictor.space.to_nifti(model.bank.maps[row].float().numpy())
+    described = predictor.describe_map(image, k=3)
+    assert len(described) == 3 and described[0].distance == pytest.approx(0.0, abs=1e-4)
+    at_zero = {r.article_id for r in described if r.distance <= 1e-4}
+    assert model.bank.ids[row] in at_zero
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda p: p.predict_maps([" "]), ValueError, r"texts\[0\] is empty"),
+        (lambda p: p.related_articles(""), ValueError, "text is empty"),
+        (lambda p: p.related_articles(["pain"]), TypeError, "text must be a str"),
+        (lambda p: p.related_articles("pain", k=0), ValueError, "k must be a positive int"),
+        (
+            lambda p: p.describe_map(nib.Nifti1Image(np.ones((5, 5, 5), np.float32), np.eye(4))),
+            ValueError,
+            r"image grid \(5, 5, 5\).*does not match",
+        ),
+        (
+            lambda p: p.describe_map(p.space.to_nifti(np.zeros(p.space.n_voxels))),
+            ValueError,
+            "zero everywhere",
+        ),
+    ],
+)
+def test_predictor_rejects_bad_input(
+    contrastive_predictors: dict[str, Predictor], call: Any, error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        call(contrastive_predictors["clip"])

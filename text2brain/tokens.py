@@ -69,7 +69,7 @@ def load_tokenizer(name_or_path: str = DEFAULT_ENCODER) -> Any:
 
 
 #: transformers' tokenizer classes whose fast version is the folder's tokenizer.json, applied
-#: as `BertTokenizerFile` applies it (tests/test_encoders.py compares the two).
+#: as `BertTokenizerFile` applies it (tests/test_tokens.py compares the two).
 _BERT_TOKENIZERS = frozenset({"BertTokenizer", "BertTokenizerFast"})
 #: transformers' `model_max_length` when a tokenizer sets none.
 _NO_MAX_LENGTH = int(1e30)

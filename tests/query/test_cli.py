@@ -1,5 +1,7 @@
 """`text2brain query` (text2brain.query.cli): maps, pictures and index from the command line,
-its one-line errors and warnings, and its light imports."""
+its one-line errors and warnings, its light imports, and the retrieval options (--related,
+--describe) on the contrastive heads trained once for the session (conftest's
+`contrastive_runs`)."""
 
 from __future__ import annotations
 
@@ -8,14 +10,16 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from text2brain.cli import main
-from text2brain.inference import Predictor
+from text2brain.inference import Predictor, load_predictor
 
 UNICODE_TEXT = "Schmerz über 痛み 🧠"
 
@@ -88,15 +92,11 @@ def test_query_command_many_queries_from_stdin(
     ],
 )
 def test_query_command_errors_exit_2_with_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+    tmp_path: Path, query_error: Callable[[list[str]], str], args: list[str], message: str
 ) -> None:
     (tmp_path / "junk.ckpt").write_bytes(os.urandom(256))
     argv = ["query", *(a.format(tmp=tmp_path) for a in args), "-o", str(tmp_path / "out")]
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("text2brain query: error: ") and "\n" not in err
+    err = query_error(argv)
     assert "Traceback" not in err
     assert re.search(message, err), err
 
@@ -134,3 +134,91 @@ def test_query_help_imports_nothing_heavy() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_text2brain_predictor_says_it_cannot_retrieve(
+    tiny_checkpoint: Path, query_error: Callable[[list[str]], str]
+) -> None:
+    predictor = load_predictor(tiny_checkpoint, device="cpu")
+    with pytest.raises(TypeError, match="Text2Brain .* cannot find the articles related"):
+        predictor.related_articles("pain")
+    with pytest.raises(TypeError, match="cannot describe a map"):
+        predictor.describe_map(predictor.space.to_nifti(np.ones(predictor.space.n_voxels)))
+    argv = ["query", "pain", "--related", "--ckpt", str(tiny_checkpoint)]
+    assert "cannot find the articles related to a text" in query_error(argv)
+
+
+# -- retrieval: related articles and describing maps -------------------------------------------
+def test_query_command_related_and_describe(
+    contrastive_runs: dict[str, dict[str, Any]],
+    contrastive_predictors: dict[str, Predictor],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path, predictor = contrastive_runs["mnm"]["path"], contrastive_predictors["mnm"]
+    image = tmp_path / "map.nii.gz"
+    predictor.space.to_nifti(
+        contrastive_runs["mnm"]["model"].bank.maps[0].float().numpy()
+    ).to_filename(image)
+    main(["query", "pain", "--ckpt", str(path), "--related", "-k", "3", "--describe", str(image)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "query\trank\tarticle_id\tdistance\ttitle\tkeywords"
+    related = predictor.related_articles("pain", k=3)
+    for line, article in zip(lines[1:4], related, strict=True):
+        query, rank, article_id, _, title, keywords = line.split("\t")
+        assert (query, article_id, title) == ("pain", article.article_id, article.title)
+        assert keywords == "; ".join(article.keywords)
+    assert lines[4] == "map\trank\tarticle_id\tdistance\ttitle\tkeywords"
+    assert len(lines) == 8 and lines[5].startswith(f"{image}\t1\t")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pain"], "give -o/--out-dir to write their maps, or --related"),
+        ([], "no query given"),
+        (["--describe", "{tmp}/none.nii.gz"], "none.nii.gz"),
+    ],
+)
+def test_query_command_retrieval_errors(
+    contrastive_runs: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    query_error: Callable[[list[str]], str],
+    args: list[str],
+    message: str,
+) -> None:
+    argv = [
+        "query",
+        *(a.format(tmp=tmp_path) for a in args),
+        "--ckpt",
+        str(contrastive_runs["clip"]["path"]),
+    ]
+    assert message in query_error(argv)
+
+
+def test_describe_errors_name_the_file(
+    contrastive_runs: dict[str, dict[str, Any]],
+    contrastive_predictors: dict[str, Predictor],
+    tmp_path: Path,
+    query_error: Callable[[list[str]], str],
+) -> None:
+    space = contrastive_predictors["clip"].space
+    good = space.to_nifti(contrastive_runs["clip"]["model"].bank.maps[0].float().numpy())
+    volume = np.asarray(good.dataobj)
+    files = {
+        "good.nii.gz": good,
+        "also_good.nii.gz": good,
+        "nan.nii.gz": nib.Nifti1Image(
+            np.where(space.mask, np.nan, 0).astype(np.float32), space.affine
+        ),
+        "two.nii.gz": nib.Nifti1Image(np.stack([volume, volume], axis=-1), space.affine),
+    }
+    for name, image in files.items():
+        image.to_filename(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    run = ["query", "--ckpt", str(contrastive_runs["clip"]["path"]), "--describe"]
+    good_files = [str(tmp_path / "good.nii.gz"), str(tmp_path / "also_good.nii.gz")]
+    nan_file, two, notes = (str(tmp_path / n) for n in ("nan.nii.gz", "two.nii.gz", "notes.txt"))
+    assert f"'{nan_file}' has NaN" in query_error([*run, *good_files, nan_file])
+    assert f"'{two}' holds 2 volumes" in query_error([*run, two])
+    assert f"'{notes}' is not a readable NIfTI image" in query_error([*run, notes])

@@ -6,7 +6,7 @@ and sympy on the way), while the whole cold `text2brain query` should take at mo
 forward pass of a BERT encoder is a few lines of torch, so text2brain runs it itself when it
 only predicts. Training always uses transformers (dropout, gradient checkpointing, any
 architecture), and inference falls back to it for every checkpoint this module does not
-reproduce exactly (see `supports`). tests/test_encoders.py checks the outputs against
+reproduce exactly (see `supports`). tests/models/test_bert.py checks the outputs against
 transformers' `BertModel` to 1e-5.
 
 The submodules carry transformers' names (`embeddings.word_embeddings`,

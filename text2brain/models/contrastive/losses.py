@@ -24,8 +24,8 @@ DDP and the loss scale
     world size for the encoders but then counts the curvature and logit scale, which act after
     the gather, world-size times over: no single factor is right for both.) The raw gradient of
     a rank's loss w.r.t. its own inputs is world-size times the single-process one; DDP's
-    averaging divides it back. tests/test_contrastive_losses.py checks all of this with 2 gloo
-    processes. `entailment_loss` / `hierarchy_losses` are local means: with equal per-rank
+    averaging divides it back. tests/models/contrastive/test_losses.py checks all of this with
+    2 gloo processes. `entailment_loss` / `hierarchy_losses` are local means: with equal per-rank
     batch sizes (DistributedSampler) DDP's averaging makes them global means.
 """
 

@@ -1,4 +1,5 @@
-"""The frozen-encoder embedding cache: the file, its key, and the heads that read it."""
+"""The frozen-encoder embedding cache (text2brain.models.embedding_cache): the file, its key,
+and the heads that read it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from model_configs import merged, tiny_init_args
-from synthetic import quiet_trainer, tiny_datamodule, write_corpus_files
+from model_configs import tiny_model
+from synthetic import quiet_trainer, tiny_datamodule
 
-from text2brain.models import embedding_cache, model_class
+from text2brain.models import embedding_cache
 from text2brain.models.embedding_cache import (
     MAX_BATCH,
     TOKENS_PER_BATCH,
@@ -98,15 +99,10 @@ def test_lookup_checks_sizes() -> None:
 
 
 # -- the heads ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return write_corpus_files(tmp_path_factory.mktemp("cache-data"))
-
-
 def fit(name: str, files: dict[str, str], tiny_bert: Path, **overrides: Any) -> Any:
     """A head fitted for 2 steps; its random tiny encoder is the same in every call."""
     torch.manual_seed(0)
-    model = model_class(name)(**merged(tiny_init_args(name, tiny_bert), overrides))
+    model = tiny_model(name, tiny_bert, **overrides)
     data = tiny_datamodule(files, tiny_bert)
     quiet_trainer(max_steps=2, limit_val_batches=1, num_sanity_val_steps=0).fit(
         model, datamodule=data
@@ -157,7 +153,7 @@ def test_a_changed_encoder_never_reuses_the_vectors(
 ) -> None:
     first, _ = fit("text2brain", data_files, tiny_bert, **FROZEN)
     torch.manual_seed(0)
-    model = model_class("text2brain")(**merged(tiny_init_args("text2brain", tiny_bert), FROZEN))
+    model = tiny_model("text2brain", tiny_bert, **FROZEN)
     data = tiny_datamodule(data_files, tiny_bert)
     data.setup()
     model.set_space(data.space)
@@ -168,8 +164,8 @@ def test_a_changed_encoder_never_reuses_the_vectors(
 
 
 def test_frozen_encoder_stays_in_eval_mode(data_files: dict[str, str], tiny_bert: Path) -> None:
-    frozen = model_class("text2brain")(**merged(tiny_init_args("text2brain", tiny_bert), FROZEN))
-    trained = model_class("text2brain")(**tiny_init_args("text2brain", tiny_bert))
+    frozen = tiny_model("text2brain", tiny_bert, **FROZEN)
+    trained = tiny_model("text2brain", tiny_bert)
     data = tiny_datamodule(data_files, tiny_bert)
     data.setup()
     for model in (frozen, trained):

@@ -1,29 +1,24 @@
 """Every head of the zoo (text2brain.models.MODELS) on the synthetic corpus with a tiny encoder.
 
-Each test runs once per registered model with its tiny config from tests/model_configs.py:
-shapes, checkpoint round trip, shared metric names, optimizer groups, the per-step LR schedule,
-bf16 training and the brain-space check.
+Each test runs once per registered model with the tiny config its own test module declares
+(tests/model_configs.py gathers them): shapes, checkpoint round trip, shared metric names,
+optimizer groups, the per-step LR schedule, bf16 training and the brain-space check; and the
+registry itself (`text2brain.models.base` and `text2brain.models`).
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-from model_configs import merged, missing_configs, tiny_init_args
-from synthetic import (
-    ellipsoid_space,
-    quiet_trainer,
-    small_space,
-    write_corpus_files,
-    write_mask,
-)
+from model_configs import missing_configs, tiny_config_modules, tiny_init_args, tiny_model
+from synthetic import QUERIES, ellipsoid_space, tiny_datamodule, write_mask
 
 from text2brain.brain import BrainSpace
 from text2brain.data import TextMapDataModule
@@ -37,6 +32,9 @@ from text2brain.models import (
 from text2brain.models.base import CHECKPOINT_FORMAT, BrainMapModule, lr_factor
 from text2brain.models.head import TRAINING_HPARAMS
 
+#: conftest's `make_trainer`: make_trainer(**options) -> a quiet Trainer in tmp_path.
+MakeTrainer = Callable[..., L.Trainer]
+
 SHARED_METRICS = {
     "val/dice_auc",
     "val/dice@5",
@@ -46,37 +44,6 @@ SHARED_METRICS = {
     "val/pearson",
     "val/loss",
 }
-TEXTS = ["working memory in the prefrontal cortex", "pain and the insula", "visual cortex"]
-
-
-# -- fixtures ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def space() -> BrainSpace:
-    return small_space()
-
-
-@pytest.fixture(scope="module")
-def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return write_corpus_files(tmp_path_factory.mktemp("model-data"))
-
-
-def make_datamodule(files: dict[str, str], tokenizer: Path, **kwargs: Any) -> TextMapDataModule:
-    options: dict[str, Any] = {
-        "n_test": 8,
-        "n_val": 8,
-        "keyword_max_df": 0.05,
-        "tokenizer": str(tokenizer),
-        "batch_size": 8,
-        "num_workers": 0,
-        **files,
-    }
-    options.update(kwargs)
-    return TextMapDataModule(**options)
-
-
-@pytest.fixture
-def datamodule(data_files: dict[str, str], tiny_bert: Path) -> TextMapDataModule:
-    return make_datamodule(data_files, tiny_bert)
 
 
 @pytest.fixture(params=sorted(MODELS))
@@ -84,19 +51,10 @@ def model_name(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def make_model(name: str, tiny_bert: Path, **overrides: Any) -> BrainMapModule:
-    cls = model_class(name)
-    return cls(**merged(tiny_init_args(name, tiny_bert), overrides))
-
-
 def needs_gradient(model_name: str) -> None:
     cls = model_class(model_name)
     if not cls.trains_by_gradient:
         pytest.skip(f"{cls.__name__} is fitted in closed form (no optimizer)")
-
-
-def make_trainer(root: Path, **kwargs: Any) -> L.Trainer:
-    return quiet_trainer(root, **{"num_sanity_val_steps": 0, **kwargs})
 
 
 class RecordSteps(L.Callback):
@@ -118,8 +76,8 @@ class RecordSteps(L.Callback):
 def test_every_registered_model_has_a_tiny_config() -> None:
     missing = missing_configs()
     assert not missing, (
-        f"registered models without a tiny test config: {missing}; add them to TINY_CONFIGS "
-        "in tests/model_configs.py"
+        f"registered models without a tiny test config: {missing}; declare TINY_CONFIGS in "
+        "their test modules under tests/models/"
     )
     for name in MODELS:
         assert issubclass(model_class(name), BrainMapModule)
@@ -149,15 +107,38 @@ def test_inference_classes_take_the_heads_arguments(tiny_bert: Path) -> None:
 
 
 def test_tiny_config_of_an_unknown_model_is_a_clear_error(tiny_bert: Path) -> None:
-    with pytest.raises(KeyError, match="tests/model_configs.py"):
+    with pytest.raises(KeyError, match="'not-a-model' .*not registered.* add TINY_CONFIGS"):
         tiny_init_args("not-a-model", tiny_bert)
+
+
+def test_a_registered_head_without_a_tiny_config_is_named(
+    tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head added to MODELS without TINY_CONFIGS in a test module fails the registry test
+    above and every test over the registry, with a message that says where the config goes."""
+    monkeypatch.setitem(MODELS, "new_head", "text2brain.models.new_head.NewHead")
+    assert missing_configs() == ["new_head"]
+    with pytest.raises(KeyError, match=r"'new_head' \(registered as .*NewHead.*tests/models/"):
+        tiny_init_args("new_head", tiny_bert)
+
+
+def test_tiny_configs_are_found_in_the_heads_test_modules() -> None:
+    """Each head's tiny config is declared by the test module of its package or module, in the
+    folder that mirrors it (text2brain/models/contrastive/clip.py: models/contrastive/test_clip)."""
+    declared = tiny_config_modules()
+    assert set(declared) == set(MODELS)
+    for name, test_module in declared.items():
+        package_path = model_class(name).__module__.split(".")[2:]  # below text2brain.models
+        *folders, test = test_module.split(".")[1:]  # below tests/models
+        assert test.startswith("test_") and test.removeprefix("test_") in package_path, name
+        assert package_path[: len(folders)] == folders, name
 
 
 # -- shapes ------------------------------------------------------------------------------------
 def test_forward_and_predict_texts(
     model_name: str, tiny_bert: Path, datamodule: TextMapDataModule, space: BrainSpace
 ) -> None:
-    model = make_model(model_name, tiny_bert)
+    model = tiny_model(model_name, tiny_bert)
     model.set_space(space)
     datamodule.setup("fit")
     batch = next(iter(datamodule.val_dataloader()))
@@ -169,8 +150,8 @@ def test_forward_and_predict_texts(
         assert out.shape == (len(batch["text"]), space.n_voxels)
         assert out.dtype == torch.float32
         assert torch.isfinite(out).all()
-    maps = model.predict_texts(TEXTS)
-    assert maps.shape == (len(TEXTS), space.n_voxels)
+    maps = model.predict_texts(QUERIES)
+    assert maps.shape == (len(QUERIES), space.n_voxels)
     assert maps.dtype == torch.float32 and torch.isfinite(maps).all()
 
 
@@ -181,9 +162,10 @@ def test_checkpoint_round_trip(
     datamodule: TextMapDataModule,
     space: BrainSpace,
     tmp_path: Path,
+    make_trainer: MakeTrainer,
 ) -> None:
-    model = make_model(model_name, tiny_bert)
-    trainer = make_trainer(tmp_path, max_steps=3, limit_val_batches=0)
+    model = tiny_model(model_name, tiny_bert)
+    trainer = make_trainer(max_steps=3, limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
     # A closed-form fit counts as one step (the batch that ends it).
     assert trainer.global_step == (3 if model.trains_by_gradient else 1)
@@ -210,21 +192,21 @@ def test_checkpoint_round_trip(
 
     model.eval()
     loaded.eval()
-    assert torch.equal(model.predict_texts(TEXTS), loaded.predict_texts(TEXTS))
+    assert torch.equal(model.predict_texts(QUERIES), loaded.predict_texts(QUERIES))
 
     # Every head exports (weights + JSON) and loads back from the export with the same maps.
     from text2brain.export import export_checkpoint
     from text2brain.inference import load_predictor
 
     export_checkpoint(path, tmp_path / "export", dtype="float32")
-    exported = load_predictor(tmp_path / "export", device="cpu").predict_vectors(TEXTS)
-    assert np.allclose(exported, model.predict_texts(TEXTS).numpy(), atol=1e-6)
+    exported = load_predictor(tmp_path / "export", device="cpu").predict_vectors(QUERIES)
+    assert np.allclose(exported, model.predict_texts(QUERIES).numpy(), atol=1e-6)
 
 
 def test_checkpoint_without_text2brain_section_is_refused(
     model_name: str, tiny_bert: Path, space: BrainSpace
 ) -> None:
-    model = make_model(model_name, tiny_bert)
+    model = tiny_model(model_name, tiny_bert)
     with pytest.raises(ValueError, match="no 'text2brain' section"):
         model.on_load_checkpoint({"state_dict": {}})
     info = {"format_version": CHECKPOINT_FORMAT + 1, "space": space.to_dict()}
@@ -238,8 +220,9 @@ def test_model_refuses_data_with_another_mask(
     data_files: dict[str, str],
     space: BrainSpace,
     tmp_path: Path,
+    make_trainer: MakeTrainer,
 ) -> None:
-    model = make_model(model_name, tiny_bert)
+    model = tiny_model(model_name, tiny_bert)
     model.set_space(space)
     model.set_space(BrainSpace.from_dict(space.to_dict()))  # the same space again is fine
     mask = space.mask.copy()
@@ -250,19 +233,19 @@ def test_model_refuses_data_with_another_mask(
         "mask": str(write_mask(other, tmp_path / "other-mask.nii.gz")),
         "split_file": str(tmp_path / "split.json"),
     }
-    datamodule = make_datamodule(other_files, tiny_bert)
+    datamodule = tiny_datamodule(other_files, tiny_bert)
     with pytest.raises(ValueError, match="grid"):
-        make_trainer(tmp_path).validate(model, datamodule=datamodule)
+        make_trainer().validate(model, datamodule=datamodule)
     with pytest.raises(ValueError, match="grid"):
         model.set_space(ellipsoid_space(shape=(10, 12, 10)))
 
 
 # -- metrics -----------------------------------------------------------------------------------
 def test_validate_logs_the_shared_metric_names(
-    model_name: str, tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path
+    model_name: str, tiny_bert: Path, datamodule: TextMapDataModule, make_trainer: MakeTrainer
 ) -> None:
-    model = make_model(model_name, tiny_bert)
-    (results,) = make_trainer(tmp_path).validate(model, datamodule=datamodule, verbose=False)
+    model = tiny_model(model_name, tiny_bert)
+    (results,) = make_trainer().validate(model, datamodule=datamodule, verbose=False)
     own = {f"val/{name}" for name in getattr(model, "extra_metrics", ())}  # a head's extras
     assert set(results) == SHARED_METRICS | own
     assert all(math.isfinite(v) for v in results.values())
@@ -272,13 +255,13 @@ def test_validate_logs_the_shared_metric_names(
 
 # -- optimisation ------------------------------------------------------------------------------
 def test_optimizer_groups(
-    model_name: str, tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path
+    model_name: str, tiny_bert: Path, datamodule: TextMapDataModule, make_trainer: MakeTrainer
 ) -> None:
     needs_gradient(model_name)
-    model = make_model(
+    model = tiny_model(
         model_name, tiny_bert, optim={"encoder_lr": 1e-4, "lr": 2e-3, "weight_decay": 0.05}
     )
-    trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer = make_trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
     (optimizer,) = trainer.optimizers
     names = {id(p): n for n, p in model.named_parameters()}
@@ -301,17 +284,17 @@ def test_optimizer_groups(
 
 
 def test_lr_schedule_is_stepped_every_optimizer_step(
-    model_name: str, tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path
+    model_name: str, tiny_bert: Path, datamodule: TextMapDataModule, make_trainer: MakeTrainer
 ) -> None:
     # Gradient accumulation makes optimizer steps differ from batches; 5 steps of 2 batches
     # fit in the first epoch, so a scheduler stepped per epoch would keep the first LR.
     needs_gradient(model_name)
-    model = make_model(
+    model = tiny_model(
         model_name, tiny_bert, optim={"warmup_steps": 3, "schedule": "cosine", "lr": 1e-3}
     )
     record = RecordSteps()
     trainer = make_trainer(
-        tmp_path, max_steps=5, accumulate_grad_batches=2, limit_val_batches=0, callbacks=[record]
+        max_steps=5, accumulate_grad_batches=2, limit_val_batches=0, callbacks=[record]
     )
     trainer.fit(model, datamodule=datamodule)
     assert trainer.global_step == 5
@@ -329,13 +312,13 @@ def test_lr_schedule_is_stepped_every_optimizer_step(
 
 
 def test_bf16_mixed_fit_is_finite(
-    model_name: str, tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path
+    model_name: str, tiny_bert: Path, datamodule: TextMapDataModule, make_trainer: MakeTrainer
 ) -> None:
     needs_gradient(model_name)
-    model = make_model(model_name, tiny_bert)
+    model = tiny_model(model_name, tiny_bert)
     record = RecordSteps()
     trainer = make_trainer(
-        tmp_path, max_steps=3, precision="bf16-mixed", limit_val_batches=0, callbacks=[record]
+        max_steps=3, precision="bf16-mixed", limit_val_batches=0, callbacks=[record]
     )
     trainer.fit(model, datamodule=datamodule)
     assert len(record.losses) == 3 and all(math.isfinite(x) for x in record.losses)
@@ -343,7 +326,7 @@ def test_bf16_mixed_fit_is_finite(
         assert param.dtype == torch.float32, name
         assert torch.isfinite(param).all(), name
     model.eval()
-    assert torch.isfinite(model.predict_texts(TEXTS)).all()
+    assert torch.isfinite(model.predict_texts(QUERIES)).all()
 
 
 # -- schedule function -------------------------------------------------------------------------
@@ -369,100 +352,3 @@ def test_lr_factor() -> None:
     # No warm-up: full rate at the first step.
     assert lr_factor(0, 0, 10, "cosine") == 1.0
     assert lr_factor(0, 0, 10, "linear") == 1.0
-
-
-# -- Text2Brain specifics ----------------------------------------------------------------------
-@pytest.mark.parametrize("normalisation", ["none", "max"])
-def test_text2brain_residual_starts_at_the_training_mean_map(
-    tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path, normalisation: str
-) -> None:
-    model = make_model("text2brain", tiny_bert, target_normalisation=normalisation)
-    trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
-    trainer.fit(model, datamodule=datamodule)
-    _, maps = datamodule.article_maps("train")
-    targets = torch.from_numpy(np.array(maps))
-    if normalisation == "max":
-        targets = targets / targets.amax(dim=1, keepdim=True)
-    assert torch.allclose(model.mean_map, targets.mean(0), atol=1e-6)
-
-    fresh = make_model("text2brain", tiny_bert, target_normalisation=normalisation)
-    fresh.set_space(datamodule.space)
-    fresh.mean_map.copy_(model.mean_map)
-    fresh.eval()
-    # Zero-initialised output layer: every text gets the mean map until training moves it.
-    assert torch.equal(fresh.predict_texts(TEXTS), model.mean_map.expand(len(TEXTS), -1))
-    assert not make_model("text2brain", tiny_bert, residual=False).hparams.residual
-
-
-@pytest.mark.parametrize("rank", [None, 2])
-def test_text2brain_ridge_readout_is_fitted_and_saved(
-    tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path, rank: int | None
-) -> None:
-    model = make_model("text2brain", tiny_bert, readout="ridge", readout_rank=rank)
-    trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
-    trainer.fit(model, datamodule=datamodule)
-    dim = model.net.text_encoder.dim
-    assert model.readout_in.shape == (dim, rank or dim)
-    assert model.readout_out.abs().sum() > 0
-    path = tmp_path / "readout.ckpt"
-    trainer.save_checkpoint(path)
-    loaded = type(model).load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    assert torch.equal(loaded.readout_out, model.readout_out)
-    model.eval()
-    loaded.eval()
-    maps = model.predict_texts(TEXTS)
-    assert torch.equal(loaded.predict_texts(TEXTS), maps)
-    assert maps.std(0).mean() > 0  # the readout makes maps depend on the text
-    with pytest.raises(ValueError, match="readout must be one of"):
-        make_model("text2brain", tiny_bert, readout="lasso")
-    with pytest.raises(ValueError, match="readout_rank must be a positive int"):
-        make_model("text2brain", tiny_bert, readout="ridge", readout_rank=0)
-
-
-def test_resumed_fit_keeps_the_fitted_readout(
-    tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    model = make_model("text2brain", tiny_bert, readout="ridge")
-    trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
-    trainer.fit(model, datamodule=datamodule)
-    trainer.save_checkpoint(tmp_path / "step1.ckpt")
-    fitted = model.readout_out.clone(), model.mean_map.clone()
-
-    def refit(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("a resumed fit refitted the readout")
-
-    cls = type(model)
-    monkeypatch.setattr(cls, "fit_readout", refit)
-    monkeypatch.setattr(cls, "training_mean_map", refit)
-    resumed = make_model("text2brain", tiny_bert, readout="ridge")
-    trainer = make_trainer(tmp_path, max_steps=2, limit_val_batches=0)
-    trainer.fit(resumed, datamodule=datamodule, ckpt_path=tmp_path / "step1.ckpt")
-    assert trainer.global_step == 2
-    assert torch.equal(resumed.readout_out, fitted[0])
-    assert torch.equal(resumed.mean_map, fitted[1])
-
-
-def test_format_1_checkpoint_is_upgraded_on_load(
-    tiny_bert: Path, datamodule: TextMapDataModule, tmp_path: Path
-) -> None:
-    """Format 1 stored the full readout as `readout_weight`; it still loads and predicts."""
-    model = make_model("text2brain", tiny_bert, readout="ridge")
-    trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
-    trainer.fit(model, datamodule=datamodule)
-    path = tmp_path / "format2.ckpt"
-    trainer.save_checkpoint(path)
-    old = torch.load(path, map_location="cpu", weights_only=True)
-    state = old["state_dict"]
-    state["readout_weight"] = state.pop("readout_in") @ state.pop("readout_out")
-    old["text2brain"]["format_version"] = 1
-    torch.save(old, tmp_path / "format1.ckpt")
-    loaded = type(model).load_from_checkpoint(
-        tmp_path / "format1.ckpt", map_location="cpu", weights_only=True
-    )
-    model.eval()
-    loaded.eval()
-    assert torch.allclose(loaded.predict_texts(TEXTS), model.predict_texts(TEXTS), atol=1e-6)
-    from text2brain.inference import load_predictor
-
-    predictor = load_predictor(tmp_path / "format1.ckpt", device="cpu")
-    assert np.allclose(predictor.predict_vectors(TEXTS), model.predict_texts(TEXTS), atol=1e-6)
