@@ -42,12 +42,13 @@ def make_trainer(tmp_path: Path) -> Callable[..., L.Trainer]:
 
 
 @pytest.fixture(scope="session")
-def fit_closed_form(data_files: dict[str, str]) -> Callable[..., ClosedFormModule]:
+def fit_closed_form(data_files: dict[str, str], tiny_bert: Path) -> Callable[..., ClosedFormModule]:
     """fit_closed_form(name, **overrides): the closed-form head fitted on the generated corpus
-    (one epoch, no validation), in eval mode; `overrides` change its tiny init args."""
+    (one epoch, no validation), in eval mode; `overrides` change its tiny init args (a head
+    that reads text with a transformer gets the tiny encoder)."""
 
     def fit(name: str, **overrides: Any) -> ClosedFormModule:
-        model = tiny_model(name, **overrides)
+        model = tiny_model(name, tiny_bert, **overrides)
         quiet_trainer(max_epochs=1, limit_val_batches=0).fit(
             model, datamodule=tiny_datamodule(data_files)
         )
@@ -71,12 +72,24 @@ def shipped_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Callable[[str], dict[str, Any]]:
     """shipped_config(name): configs/<name>.yaml as `text2brain fit --print_config` prints it,
-    run in `tmp_path`."""
+    run in `tmp_path`; a head without a job of its own runs as configs/default.yaml with its
+    configs/model/<name>.yaml."""
 
     def printed(name: str) -> dict[str, Any]:
         monkeypatch.chdir(tmp_path)
+        configs = REPO / "configs"
+        job = configs / f"{name}.yaml"
+        if job.is_file():
+            argv = ["-c", str(job)]
+        else:
+            argv = [
+                "-c",
+                str(configs / "default.yaml"),
+                "--model",
+                str(configs / "model" / job.name),
+            ]
         with pytest.raises(SystemExit) as exc:
-            main(["fit", "-c", str(REPO / "configs" / f"{name}.yaml"), "--print_config"])
+            main(["fit", *argv, "--print_config"])
         assert exc.value.code in (0, None)
         return yaml.safe_load(capsys.readouterr().out)
 

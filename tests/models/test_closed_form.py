@@ -43,9 +43,9 @@ def test_bad_queries_get_the_predictor_errors(
 
 @pytest.mark.parametrize("name", CLOSED_FORM)
 def test_checkpoint_to_predictor_to_nifti(
-    name: str, data_files: dict[str, str], space: BrainSpace, tmp_path: Path
+    name: str, data_files: dict[str, str], space: BrainSpace, tmp_path: Path, tiny_bert: Path
 ) -> None:
-    model = tiny_model(name)
+    model = tiny_model(name, tiny_bert)
     fit = quiet_trainer(max_epochs=1, limit_val_batches=0)
     fit.fit(model, datamodule=tiny_datamodule(data_files))
     path = tmp_path / f"{name}.ckpt"
@@ -84,10 +84,7 @@ def test_validate_without_fit_fits_first(data_files: dict[str, str], tmp_path: P
 @pytest.mark.parametrize("name", CLOSED_FORM)
 def test_shipped_configs_parse(name: str, shipped_config: Callable[[str], dict[str, Any]]) -> None:
     printed = shipped_config(name)
-    assert (
-        printed["model"]["class_path"]
-        == f"{model_class(name).__module__.rsplit('.', 1)[0]}.{model_class(name).__name__}"
-    )
+    assert printed["model"]["class_path"] == MODELS[name]
     assert printed["data"]["corpus"] == "neuroquery"
     assert printed["trainer"]["precision"] == "32-true"
     callbacks = printed["trainer"]["callbacks"]

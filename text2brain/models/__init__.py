@@ -1,14 +1,14 @@
 """The zoo: every head, registered by name.
 
-`MODELS` maps a short name to the head's class path (its LightningModule). The registry is
-what the model tests run over (a new head is tested by adding it here and a tiny config in
-tests/model_configs.py) and the only classes a checkpoint may name when it is loaded for
-inference.
+`MODELS` maps a short name to the head's class path (its LightningModule). The name is the
+head's checkpoint folder (`checkpoints/<name>/`); the registry is what the registry-wide tests
+run over (with the tiny config in the head's own test module, tests/models/) and the only
+classes a checkpoint may name when it is loaded for inference.
 
 `INFERENCE_MODELS` maps a head to its Lightning-free inference class, which `load_predictor`
 builds instead, so predicting never imports Lightning. Only the Text2Brain head (the released
-model) has one so far; the others (clip, mnm, corpus_mean, neuroquery, neurosynth) are loaded
-through their LightningModule, imported on demand.
+model) has one so far; the other heads are loaded through their LightningModule, imported on
+demand.
 """
 
 from __future__ import annotations
