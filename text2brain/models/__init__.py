@@ -27,6 +27,7 @@ MODELS: dict[str, str] = {
     "corpus_mean": "text2brain.models.corpus_mean.CorpusMean",
     "neuroquery": "text2brain.models.neuroquery.NeuroQuery",
     "neurosynth": "text2brain.models.neurosynth.Neurosynth",
+    "retrieval": "text2brain.models.retrieval.Retrieval",
 }
 
 INFERENCE_MODELS: dict[str, str] = {

@@ -1,0 +1,84 @@
+"""The retrieval head (text2brain.models.retrieval): nearest training titles, mean of maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from synthetic import small_space
+
+from text2brain.models.retrieval import Retrieval
+
+#: Registered name -> tiny init_args (tests/model_configs.py gathers it for the registry tests).
+TINY_CONFIGS = {
+    "retrieval": lambda encoder: {
+        "text": {"encoder": encoder, "pretrained": False},
+        "k_grid": [2, 5],
+        "temperature_grid": [0.05, 1.0],
+    }
+}
+
+
+def bank(model: Retrieval, embeddings: torch.Tensor, maps: torch.Tensor) -> Retrieval:
+    """`model` with a hand-made bank of unit embeddings and maps (no fit)."""
+    model.bank_embeddings = F.normalize(embeddings, dim=1)
+    model.bank_maps = maps.to(model.bank_maps.dtype)
+    return model
+
+
+@pytest.fixture
+def built(tiny_bert: Path) -> Retrieval:
+    model = Retrieval(**TINY_CONFIGS["retrieval"](str(tiny_bert)))
+    model.set_space(small_space())
+    return model
+
+
+def test_the_nearest_articles_maps_are_averaged_by_softmax_weights(built: Retrieval) -> None:
+    n_voxels = built.space.n_voxels
+    maps = torch.zeros(3, n_voxels)
+    maps[0, :10], maps[1, 10:20], maps[2, 20:30] = 1.0, 1.0, 1.0
+    bank(built, torch.eye(3, 4), maps)
+    query = F.normalize(torch.tensor([[1.0, 0.2, 0.0, 0.0]]), dim=1)
+    one = built.retrieve(query, k=1, temperature=0.1)
+    torch.testing.assert_close(one[0], maps[0])  # k = 1: the nearest map itself
+    two = built.retrieve(query, k=2, temperature=0.1)
+    similarity = query @ F.normalize(torch.eye(3, 4), dim=1).T
+    weights = torch.softmax(similarity[0, :2] / 0.1, dim=0)
+    torch.testing.assert_close(two[0], weights[0] * maps[0] + weights[1] * maps[1])
+    # Many queries take the dense product: the same maps.
+    many = built.retrieve(query.expand(3000, -1), k=2, temperature=0.1)
+    torch.testing.assert_close(many[-1], two[0])
+    # k beyond the bank: all of it.
+    assert built.retrieve(query, k=50, temperature=1e3)[0, :30].sub(1 / 3).abs().max() < 1e-2
+
+
+def test_k_and_temperature_are_chosen_on_validation(
+    closed_form_heads: dict[str, Retrieval],
+) -> None:
+    model = closed_form_heads["retrieval"]
+    scores = model.validation_scores
+    assert scores.shape == (2, 2) and bool((scores > 0).all())
+    best = int(scores.argmax())
+    assert int(model.k) == [2, 5][best // 2]
+    assert float(model.temperature) == pytest.approx([0.05, 1.0][best % 2])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"k_grid": []}, "k and k_grid must be positive ints"),
+        ({"k": 0}, "k and k_grid must be positive ints"),
+        ({"temperature_grid": [0.1, -1.0]}, "must be > 0"),
+        ({"map_dtype": "int8"}, "map_dtype must be one of"),
+    ],
+)
+def test_bad_arguments_are_refused(tiny_bert: Path, overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Retrieval(**{**TINY_CONFIGS["retrieval"](str(tiny_bert)), **overrides})
+
+
+def test_fixed_k_and_temperature_skip_the_search(tiny_bert: Path) -> None:
+    model = Retrieval(**TINY_CONFIGS["retrieval"](str(tiny_bert)), k=3, temperature=0.2)
+    assert model.ks == [3] and model.temperatures == [0.2]
