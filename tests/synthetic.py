@@ -190,18 +190,24 @@ def train_tiny_text2brain(folder: Path, encoder: Path, **overrides: object) -> P
     What `text2brain fit` writes, for tests of loading and exporting (not an imitation).
     `overrides` change the tiny config's init args.
     """
+    return train_tiny_head("text2brain", folder, encoder, **overrides)
+
+
+def train_tiny_head(name: str, folder: Path, encoder: Path, **overrides: object) -> Path:
+    """`train_tiny_text2brain` for any registered head (`name` in text2brain.models.MODELS):
+    two steps of its tiny config (a contrastive head's checkpoint holds its retrieval bank)."""
     import lightning as L
     import pytest
     from model_configs import merged, tiny_init_args
 
-    from text2brain.models.text2brain import Text2Brain
+    from text2brain.models import model_class
     from text2brain.paths import CACHE_DIR_ENV
 
     with pytest.MonkeyPatch.context() as mp:  # module-scoped callers: no autouse cache yet
         mp.setenv(CACHE_DIR_ENV, str(folder / "cache"))
         data = tiny_datamodule(write_corpus_files(folder), encoder)
         L.seed_everything(0, verbose=False)
-        model = Text2Brain(**merged(tiny_init_args("text2brain", encoder), overrides))
+        model = model_class(name)(**merged(tiny_init_args(name, encoder), overrides))
         trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
         trainer.fit(model, datamodule=data)
         path = folder / "tiny.ckpt"
