@@ -364,3 +364,19 @@ def test_concurrent_requests_on_a_real_server(served: dict[str, Predictor]) -> N
         expected = predictor.predict_vectors([query])[0]
         got = predictor.space.from_nifti_image(nifti(content))
         np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_the_page_files_are_package_data() -> None:
+    """pyproject.toml's package data holds every file the app serves (installs carry them)."""
+    from pathlib import Path, PurePosixPath
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    patterns = data["tool"]["setuptools"]["package-data"]["text2brain.serve"]
+    for name in STATIC_FILES:
+        path = PurePosixPath("static", name)
+        assert any(
+            path.match(pattern) and len(path.parts) == len(PurePosixPath(pattern).parts)
+            for pattern in patterns
+        ), name

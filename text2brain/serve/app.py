@@ -281,7 +281,8 @@ class Endpoints:
         model = self.retrieving(request, "describe a map")
         k = check_k(request.query_params.getlist("k"))
         data = await self.upload(request)
-        image = read_nifti(data, model.predictor.space, self.max_upload_bytes)
+        space, limit = model.predictor.space, self.max_upload_bytes
+        image = await run_in_threadpool(read_nifti, data, space, limit)  # gunzip, parse
         articles = await run_in_threadpool(model.describe, image, k)
         return JSONResponse({"model": model.name, "articles": rows(articles)})
 

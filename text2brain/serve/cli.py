@@ -63,13 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def port_number(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, got {text!r}")
-    return port
+    return int(text)
 
 
 def missing_web_modules() -> list[str]:
