@@ -332,6 +332,18 @@ def test_an_unexpected_failure_is_a_json_500_without_traceback(
     assert_error(response, 500, "ZeroDivisionError")
 
 
+def test_a_query_the_model_refuses_is_a_400(
+    served: dict[str, Predictor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(texts: list[str], batch_size: int = 64) -> np.ndarray:
+        raise ValueError("texts[0] has no tokens")
+
+    app = create_app({"tiny": served["tiny"]})
+    monkeypatch.setattr(app.state.models["tiny"].predictor, "predict_vectors", refuse)
+    with TestClient(app) as refusing:
+        assert_error(refusing.get("/api/map", params={"q": QUERY}), 400, "has no tokens")
+
+
 def test_create_app_checks_its_models(served: dict[str, Predictor]) -> None:
     with pytest.raises(ValueError, match="at least one"):
         create_app({})

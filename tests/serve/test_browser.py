@@ -60,7 +60,7 @@ CHROMIUM_ARGS = (
     "--disable-dev-shm-usage",
     "--use-angle=swiftshader",
     "--enable-unsafe-swiftshader",
-    "--window-size=1400,640",
+    "--window-size=1400,780",
 )
 
 

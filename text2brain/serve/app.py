@@ -30,7 +30,8 @@ import io
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
@@ -113,7 +114,9 @@ class ServedModel:
         """The masked map of a query (run in a worker thread)."""
         with self.lock:
             if query not in self._vectors:
-                remember(self._vectors, query, self.predictor.predict_vectors([query])[0])
+                with refused_as_bad_request():
+                    vector = self.predictor.predict_vectors([query])[0]
+                remember(self._vectors, query, vector)
             self._vectors.move_to_end(query)
             return self._vectors[query]
 
@@ -143,7 +146,7 @@ class ServedModel:
         return None
 
     def related(self, query: str, k: int) -> list[RelatedArticle]:
-        with self.lock:
+        with self.lock, refused_as_bad_request():
             return self.predictor.related_articles(query, k)
 
     def describe(self, image: nib.Nifti1Image, k: int) -> list[RelatedArticle]:
@@ -152,6 +155,15 @@ class ServedModel:
                 return self.predictor.describe_map(image, k)
             except ValueError as err:  # unreadable data, NaN: the upload's fault
                 raise RequestError(400, str(err).replace("the image", "the upload")) from err
+
+
+@contextmanager
+def refused_as_bad_request() -> Iterator[None]:
+    """A query the model refuses (its ValueError) is the request's fault: a 400 saying why."""
+    try:
+        yield
+    except ValueError as err:
+        raise RequestError(400, f"the model cannot read the query: {err}") from err
 
 
 def remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
