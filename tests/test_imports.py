@@ -118,7 +118,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "models": ("models",),
     "apps": (
         "", "__main__", "bench", "callbacks", "checkpoint", "cli", "compare", "export",
-        "inference", "legacy_config", "query", "training",
+        "inference", "legacy_config", "query", "serve", "training",
     ),
 }  # fmt: skip
 

@@ -7,6 +7,8 @@
 - `text2brain compare FILE`: models side by side on one test split (text2brain.compare).
 - `text2brain export CKPT -o FOLDER`: weights (safetensors) + JSON config for release
   (text2brain.export); `text2brain query` and `load_predictor` read the folder.
+- `text2brain serve`: a local page and JSON/HTTP API over the models (text2brain.serve; the
+  `web` extra).
 """
 
 from __future__ import annotations
@@ -78,6 +80,13 @@ def export(argv: list[str]) -> None:
     run_export(argv)
 
 
+def serve(argv: list[str]) -> None:
+    """`text2brain serve` (imported on use: the web extra is optional)."""
+    from text2brain.serve.cli import serve as run_serve
+
+    run_serve(argv)
+
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -96,7 +105,13 @@ def lightning(argv: list[str]) -> None:
     run_command(argv[0], run, argv[1:], user_error=stops_in_one_line)
 
 
-COMMANDS = {"prepare": prepare, "query": query, "compare": compare, "export": export}
+COMMANDS = {
+    "prepare": prepare,
+    "query": query,
+    "compare": compare,
+    "export": export,
+    "serve": serve,
+}
 
 #: One line per command, for `text2brain --help`.
 SUMMARIES = {
@@ -108,6 +123,7 @@ SUMMARIES = {
     "query": "brain maps for text queries (NIfTI, PNG, HTML); related articles of a text or map",
     "compare": "models side by side on one test split",
     "export": "a checkpoint as safetensors weights + JSON config, for release",
+    "serve": "a local web page and JSON/HTTP API: query box, brain viewer, downloads",
 }
 
 

@@ -9,6 +9,7 @@ BENCHMARKS = {
     "render": "text2brain.bench.render",
     "data": "text2brain.bench.data",
     "inference": "text2brain.bench.inference",
+    "serve": "text2brain.bench.serve",
 }
 
 

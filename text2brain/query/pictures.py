@@ -23,6 +23,13 @@ def _title(query: str) -> str:
 
 def write_png(image: Any, query: str, path: Path) -> Path:
     """A glass-brain view, drawn on a figure of its own (`new_figure`: no GUI, no leak)."""
+    with atomic_output(path) as tmp:
+        save_glass_brain(image, query, tmp)
+    return path
+
+
+def save_glass_brain(image: Any, query: str, target: Any) -> None:
+    """Draw the glass-brain PNG of `write_png` into a path or a binary file object."""
     from nilearn import plotting
 
     from text2brain.figures import new_figure
@@ -36,10 +43,8 @@ def write_png(image: Any, query: str, path: Path) -> Path:
         plotting.plot_glass_brain(
             image, figure=figure, title=_title(query), plot_abs=False, colorbar=True
         )
-        with atomic_output(path) as tmp:
-            figure.savefig(tmp, dpi=100)
+        figure.savefig(target, dpi=100, format="png")
     figure.clear()
-    return path
 
 
 def write_html(image: Any, query: str, path: Path) -> Path:
