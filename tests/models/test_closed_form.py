@@ -92,3 +92,23 @@ def test_shipped_configs_parse(name: str, shipped_config: Callable[[str], dict[s
     assert f"checkpoints/{name}" in dirpaths
     # No learning-rate monitor: it refuses to run without an optimizer.
     assert not any(c["class_path"].endswith("LearningRateMonitor") for c in callbacks)
+
+
+def test_a_checkpoint_given_to_test_is_loaded_not_refitted(
+    closed_form_heads: dict[str, ClosedFormModule],
+    data_files: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lightning restores `--ckpt_path` after `setup`: the head must not fit before that."""
+    run = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    run.fit(tiny_model("corpus_mean"), datamodule=tiny_datamodule(data_files))
+    run.save_checkpoint(tmp_path / "mean.ckpt")
+    fresh = tiny_model("corpus_mean")
+    monkeypatch.setattr(fresh, "fit_closed_form", lambda datamodule: pytest.fail("refitted"))
+    (results,) = quiet_trainer(tmp_path).test(
+        fresh, datamodule=tiny_datamodule(data_files), ckpt_path=tmp_path / "mean.ckpt"
+    )
+    assert fresh.is_fitted and 0 < results["test/dice_auc"] <= 0.25
+    expected = closed_form_heads["corpus_mean"].mean_map
+    torch.testing.assert_close(fresh.mean_map, expected)

@@ -1,7 +1,7 @@
 """`ClosedFormModule`: heads fitted in closed form (the baselines), run by the same Trainer.
 
 A closed-form head has no optimizer: it is fitted once from the whole training split when the
-Trainer sets it up, and `text2brain fit` then runs a single training batch that does nothing
+fit starts, and `text2brain fit` then runs a single training batch that does nothing
 but end the fit, so that validation runs, the shared metrics are logged under the usual names
 and the checkpoint callbacks write `best.ckpt` exactly as for a head trained by gradient. That
 batch counts as the run's one optimizer step (global_step 1): Lightning's ModelCheckpoint
@@ -40,7 +40,7 @@ class ClosedFormModule(BrainMapModule):
     trainer_arguments: ClassVar[dict[str, Any]] = {
         "precision": "32-true",  # float32 fit and metrics: autocast would round the maps
         "gradient_clip_val": None,  # no optimizer: nothing to clip (Lightning refuses to)
-        "max_epochs": 1,  # the fit happens at setup; one epoch of one batch only ends it,
+        "max_epochs": 1,  # the fit happens at fit start; one epoch of one batch only ends it,
         "limit_train_batches": 1,  # then validation runs and best.ckpt is written
         "num_sanity_val_steps": 0,  # one validation, after that batch: no sanity pass
         "log_every_n_steps": 1,  # the run has one step
@@ -65,11 +65,31 @@ class ClosedFormModule(BrainMapModule):
         """Fit from the data module's training split (a `TextMapDataModule`, set up)."""
         raise NotImplementedError
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        resuming = getattr(self.trainer, "ckpt_path", None) is not None
-        if resuming or (self.is_fitted and stage != "fit"):
-            return
+    # Fitted in the *_start hooks, not in `setup`: Lightning restores a checkpoint after
+    # `setup`, so only then is it known whether the head comes from one (a `test --ckpt_path`
+    # would otherwise refit the head, a minute for NeuroQuery, before loading it).
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.trainer.ckpt_path is None:  # resuming keeps the checkpoint's fit
+            self.fit_now()
+
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        if not self.is_fitted:
+            self.fit_now()
+
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        if not self.is_fitted:
+            self.fit_now()
+
+    def on_predict_start(self) -> None:
+        super().on_predict_start()
+        if not self.is_fitted:
+            self.fit_now()
+
+    def fit_now(self) -> None:
+        """Fit from the trainer's data module (the `fit_closed_form` of the head)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             raise RuntimeError(

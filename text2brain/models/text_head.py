@@ -115,12 +115,15 @@ class TextEncoderHead(BrainMapModule):
     # -- the cache's life cycle ---------------------------------------------------------------
     def on_fit_start(self) -> None:
         self.attach_embedding_cache(build=True)
+        super().on_fit_start()
 
     def on_validation_start(self) -> None:
         self.attach_embedding_cache(build=False)
+        super().on_validation_start()
 
     def on_test_start(self) -> None:
         self.attach_embedding_cache(build=False)
+        super().on_test_start()
 
     def attach_embedding_cache(self, build: bool) -> None:
         """Open (or, with `build`, first compute) the frozen encoder's cache of the data's texts.
