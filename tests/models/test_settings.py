@@ -117,3 +117,6 @@ def test_a_format_2_checkpoint_loads_with_the_same_maps(
     np.testing.assert_array_equal(loaded.predict_vectors(TEXTS), expected)
     upgraded = upgrade_checkpoint(copy.deepcopy(old))
     assert upgraded["hyper_parameters"]["decoder"] == checkpoint["hyper_parameters"]["decoder"]
+    # Format 2 had no target transform: its Text2Brain trained on untransformed targets.
+    del old["hyper_parameters"]["target_transform"]
+    assert upgrade_checkpoint(old)["hyper_parameters"]["target_transform"] == "none"

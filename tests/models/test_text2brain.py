@@ -15,6 +15,7 @@ from model_configs import tiny_model
 from synthetic import QUERIES
 
 from text2brain.data import TextMapDataModule
+from text2brain.models.targets import transform_targets
 
 #: Text2Brain's tiny config (model_configs.tiny_configs gathers it). Decoder 1 -> 3 -> 7 -> 15
 #: voxels a side (+2 from the last conv), cropped to the 12x14x12 grid.
@@ -47,6 +48,9 @@ def test_text2brain_residual_starts_at_the_training_mean_map(
     targets = torch.from_numpy(np.array(maps))
     if normalisation == "max":
         targets = targets / targets.amax(dim=1, keepdim=True)
+    # The mean of the targets as the head is trained on them (default: their power 0.1).
+    assert model.target_transform == "power:0.1"
+    targets = transform_targets(targets, model.target_transform)
     assert torch.allclose(model.mean_map, targets.mean(0), atol=1e-6)
 
     fresh = tiny_model("text2brain", tiny_bert, target_normalisation=normalisation)

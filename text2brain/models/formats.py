@@ -42,9 +42,13 @@ def _factor_ridge_readout(checkpoint: dict[str, Any]) -> None:
 
 
 def _group_settings(checkpoint: dict[str, Any]) -> None:
-    """Format 2 -> 3: flat hyper-parameters move into their settings groups."""
+    """Format 2 -> 3: flat hyper-parameters move into their settings groups; a Text2Brain head
+    (one with a decoder) of format 2 had no target transform, which is not the default now."""
     if isinstance(checkpoint.get("hyper_parameters"), dict):
-        checkpoint["hyper_parameters"], _ = group_legacy_hparams(checkpoint["hyper_parameters"])
+        grouped, _ = group_legacy_hparams(checkpoint["hyper_parameters"])
+        if "decoder" in grouped:
+            grouped.setdefault("target_transform", "none")
+        checkpoint["hyper_parameters"] = grouped
 
 
 #: version -> the upgrade of a checkpoint dict from that version to the next, in place.

@@ -26,7 +26,8 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
     The loss covers mask voxels only (the original code's loss did not, while its metric did).
     The decoder is the paper's (DecoderSettings' defaults) and the defaults are those of the
     main job (configs/model/text2brain.yaml): the bundled MiniLM kept frozen, max-normalised
-    targets, the residual mean map and a rank-32 ridge readout. The paper's fine-tuned encoder
+    targets raised to the power 0.1 (validation Dice-AUC of the readout alone 0.0750, vs 0.0703
+    untransformed), the residual mean map and a rank-32 ridge readout. The paper's fine-tuned encoder
     is configs/model/text2brain-finetune.yaml; its SciBERT is `text: {encoder:
     allenai/scibert_scivocab_uncased, pooling: pooler}`.
 
@@ -63,7 +64,7 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
         decoder: DecoderSettings = DecoderSettings(),
         optim: OptimSettings = OptimSettings(encoder_lr=1e-5, lr=1e-2),
         target_normalisation: str = "max",
-        target_transform: str = "none",
+        target_transform: str = "power:0.1",
         residual: bool = True,
         readout: str = "ridge",
         readout_rank: int | None = 32,
