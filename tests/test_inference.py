@@ -384,7 +384,7 @@ def test_predictor_from_checkpoint(
 
     # A training article's own map is nearest to itself.
     row = 5
-    image = predictor.space.to_nifti(model.bank.maps[row].float().numpy())
+    image = predictor.space.to_nifti(model.bank.render([row])[0].numpy())
     described = predictor.describe_map(image, k=3)
     assert len(described) == 3 and described[0].distance == pytest.approx(0.0, abs=1e-4)
     at_zero = {r.article_id for r in described if r.distance <= 1e-4}

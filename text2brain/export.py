@@ -47,6 +47,7 @@ from text2brain.checkpoint import (
     build_model,
     checkpoint_path,
     file_sha256,
+    load_model,
     read_checkpoint,
     registered_class,
 )
@@ -110,6 +111,11 @@ def export_checkpoint(
         raise FileExistsError(f"{str(out)!r} already holds an export; pass overwrite=True")
     ckpt = read_checkpoint(path)
     cls = registered_class(path, ckpt["text2brain"].get("class_path"))
+    bank = ckpt["text2brain"].get("bank")
+    if isinstance(bank, dict) and bank.get("embeddings") is None:
+        # A contrastive head saved between two validations (a periodic last.ckpt) left its
+        # stale bank embeddings out: compute them once here, not at every load of the export.
+        ckpt["text2brain"]["bank"] = load_model(path).require_bank("be exported").to_dict()
     state = ckpt["state_dict"]
 
     base_keys: list[str] = []

@@ -237,7 +237,8 @@ class Predictor:
         """The `k` training articles nearest to `text` in the model's shared space.
 
         Nearest first, each a `RelatedArticle` (article_id, title, keywords, distance); the
-        articles and their maps come from the checkpoint's retrieval bank.
+        articles come from the checkpoint's retrieval bank (embedded at the first call when
+        the checkpoint left its embeddings out: a periodic checkpoint between validations).
         """
         method = self._retrieval("related_articles", "find the articles related to a text")
         if not isinstance(text, str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -20,7 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_compare_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compare_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, contrastive_runs: dict[str, dict[str, Any]]
+) -> None:
     space = small_space()
     data = {
         "corpus": str(write_jsonl_corpus(make_corpus(space), tmp_path / "corpus.jsonl")),
@@ -61,6 +64,9 @@ def test_compare_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
                     str(tiny["vocabulary"]),
                 ],
             },
+            # A checkpoint of the session's tiny MNM (the same generated corpus): it adds the
+            # hierarchy measures.
+            "mnm": str(contrastive_runs["mnm"]["path"]),
         },
         "queries": ["vision", "quantum chromodynamics"],
     }
@@ -75,13 +81,15 @@ def test_compare_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     out = tmp_path / "out"
     table = pd.read_csv(out / "results.csv")
-    assert set(table["model"]) == {"corpus_mean", "vision_only", "neurosynth"}
-    assert table["articles"].tolist() == [8, 8, 8]
+    assert set(table["model"]) == {"corpus_mean", "vision_only", "neurosynth", "mnm"}
+    assert table["articles"].tolist() == [8, 8, 8, 8]
+    hierarchy = table.set_index("model")["hier/table_in_cone"]
+    assert hierarchy.isna().sum() == 3 and 0 <= hierarchy["mnm"] <= 1
     assert (table["ci95_low"] <= table["dice_auc"]).all()
     assert (table["dice_auc"] <= table["ci95_high"]).all()
     assert table["p_vs_best"].isna().sum() == 1
     per_article = pd.read_csv(out / "per_article.csv")
-    assert len(per_article) == 3 * 8
+    assert len(per_article) == 4 * 8
     vision_only = per_article[per_article["model"] == "vision_only"]
     failures = ~vision_only["text"].str.contains("vision")
     assert 0 < failures.sum() < 8
@@ -90,5 +98,6 @@ def test_compare_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     row = table.set_index("model").loc["vision_only"]
     assert row["failures"] == failures.sum() and row["failure_rule"] == "scored 0"
     assert "| vision_only |" in (out / "results.md").read_text()
+    assert "| model | table in cone | table farther |" in (out / "results.md").read_text()
     for figure in ("dice_curves.png", "queries.png"):
         assert (out / figure).stat().st_size > 1000

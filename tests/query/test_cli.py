@@ -158,7 +158,7 @@ def test_query_command_related_and_describe(
     path, predictor = contrastive_runs["mnm"]["path"], contrastive_predictors["mnm"]
     image = tmp_path / "map.nii.gz"
     predictor.space.to_nifti(
-        contrastive_runs["mnm"]["model"].bank.maps[0].float().numpy()
+        contrastive_runs["mnm"]["model"].bank.render([0])[0].numpy()
     ).to_filename(image)
     main(["query", "pain", "--ckpt", str(path), "--related", "-k", "3", "--describe", str(image)])
     lines = capsys.readouterr().out.splitlines()
@@ -203,7 +203,7 @@ def test_describe_errors_name_the_file(
     query_error: Callable[[list[str]], str],
 ) -> None:
     space = contrastive_predictors["clip"].space
-    good = space.to_nifti(contrastive_runs["clip"]["model"].bank.maps[0].float().numpy())
+    good = space.to_nifti(contrastive_runs["clip"]["model"].bank.render([0])[0].numpy())
     volume = np.asarray(good.dataobj)
     files = {
         "good.nii.gz": good,

@@ -24,7 +24,9 @@ scored against the same article maps with the shared metric (text2brain.metrics)
 Dice at 5/10/20/30% of the mask, Pearson r, the paired t-test p-value against the best model,
 and the failure count), `per_article.csv` (every article's scores for every model),
 `dice_curves.png` (mean Dice per threshold, with 95% bands) and `queries.png` (the paper's
-queries, or the file's, rendered by every model).
+queries, or the file's, rendered by every model). The contrastive heads (CLIP, MNM) add their
+hierarchy measures on the test split (`hier/...` columns, and a table of their own in
+results.md; text2brain.models.contrastive.hierarchy).
 
 Failures: a model that reads text as vocabulary terms cannot answer a text without a known
 term. With `unknown_query: zero` (no answer) such an article scores 0, as in the Text2Brain

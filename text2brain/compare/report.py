@@ -24,13 +24,16 @@ if TYPE_CHECKING:
 DICE_COLUMNS = {0.05: "dice@5", 0.10: "dice@10", 0.20: "dice@20", 0.30: "dice@30"}
 #: Fraction of the mask shown in the query panel (its most activated voxels).
 PANEL_TOP = 0.10
+#: Prefix of the hierarchy measures' columns (text2brain.models.contrastive.hierarchy).
+HIERARCHY_PREFIX = "hier/"
 #: The files of a comparison's output folder, in the order they are written.
 OUTPUT_FILES = ("results.csv", "results.md", "per_article.csv", "dice_curves.png", "queries.png")
 
 
 # -- tables ----------------------------------------------------------------------------------
 def summary_table(scores: Sequence[ModelScores]) -> pd.DataFrame:
-    """One row per model, best mean Dice-AUC first, with the paired t-test against the best."""
+    """One row per model, best mean Dice-AUC first, with the paired t-test against the best
+    and, last, the hierarchy measures of the heads that have them (NaN for the others)."""
     import pandas as pd
     from scipy import stats
 
@@ -56,8 +59,10 @@ def summary_table(scores: Sequence[ModelScores]) -> pd.DataFrame:
                 "failures": int((~s.known).sum()),
                 "failure_rule": s.failure_rule,
                 "source": s.source,
+                **s.hierarchy,
             }
         )
+    # The hierarchy measures of the heads that have them come last (NaN for the others).
     return pd.DataFrame(rows).sort_values("dice_auc", ascending=False, ignore_index=True)
 
 
@@ -101,7 +106,20 @@ def markdown_table(table: pd.DataFrame) -> str:
             f"| {row['model']} | {row['dice_auc']:.4f} ({row['ci95_low']:.4f}-"
             f"{row['ci95_high']:.4f}) | {dice} | {row['pearson']:.3f} | {p_value} | {failures} |"
         )
+    hierarchy = [str(c) for c in table.columns if str(c).startswith(HIERARCHY_PREFIX)]
+    if hierarchy:  # the contrastive heads' hierarchy measures, in a table of their own
+        names = [c[len(HIERARCHY_PREFIX) :].replace("_", " ") for c in hierarchy]
+        lines += ["", f"| model | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
+        for row in table.to_dict("records"):
+            if all(_missing(row[c]) for c in hierarchy):
+                continue
+            values = " | ".join("-" if _missing(row[c]) else f"{row[c]:.3f}" for c in hierarchy)
+            lines.append(f"| {row['model']} | {values} |")
     return "\n".join(lines) + "\n"
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 # -- figures ---------------------------------------------------------------------------------

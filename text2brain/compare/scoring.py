@@ -29,6 +29,8 @@ class ModelScores:
     pearson: np.ndarray  # (n_articles,)
     known: np.ndarray  # (n_articles,) bool: the text had a term the model knows
     unknown_query: str | None  # "zero", "mean", or None for models that never fail
+    #: The hierarchy measures on the test split ("hier/..." -> value) of heads that have them.
+    hierarchy: dict[str, float] = field(default_factory=dict)
     scored_failures: np.ndarray = field(init=False)  # failures that score 0 (no answer)
 
     def __post_init__(self) -> None:
@@ -111,3 +113,19 @@ def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, floa
     half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * stats.sem(values)
     half = 0.0 if not math.isfinite(half) else float(half)
     return mean, mean - half, mean + half
+
+
+def hierarchy_scores(
+    predictor: Predictor, datamodule: TextMapDataModule, n: int = 500
+) -> dict[str, float]:
+    """The hierarchy measures ("hier/..." -> value) of a contrastive head on the test split's
+    fixed sample of `n` article -> table pairs (text2brain.models.contrastive.hierarchy), as
+    its `test/hier/...` metrics; {} for a head without an embedding space."""
+    import torch
+
+    measure = getattr(predictor.model, "hierarchy_measures", None)
+    if measure is None:
+        return {}
+    with torch.inference_mode():
+        values = measure(datamodule.hierarchy_sample("test", n))
+    return {name: float(value) for name, value in values.items()}

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from text2brain.brain import BrainSpace, Renderer
 from text2brain.corpus import Corpus, load_corpus
+from text2brain.data.hierarchy import HierarchySample, sample_hierarchy
 from text2brain.data.sampling import Pair, TextSampler
 from text2brain.data.split import Split, SplitRule, load_or_make_split
 from text2brain.outputs import atomic_output
@@ -58,6 +59,20 @@ class PeakIndex:
         if table_id is None:
             return self.xyz[sl], 1.0 / self.n_tables[article]
         return self.xyz[sl][self.table_id[sl] == table_id], 1.0
+
+
+def render_jobs(
+    peaks: PeakIndex, renderer: Renderer, jobs: list[tuple[int, str | None]]
+) -> np.ndarray:
+    """Maps (len(jobs), n_voxels) of (article index, table id or None for the article
+    average), in one pass."""
+    xyz, group, weights = [np.zeros((0, 3))], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    for row, (index, table_id) in enumerate(jobs):
+        coords, weight = peaks.peaks_of(index, table_id)
+        xyz.append(coords)
+        group.append(np.full(len(coords), row))
+        weights.append(np.full(len(coords), weight, dtype=np.float32))
+    return renderer(np.concatenate(group), np.concatenate(xyz), np.concatenate(weights), len(jobs))
 
 
 class TextMapDataset(Dataset):
@@ -179,16 +194,7 @@ class MapCollate:
         return parents, children
 
     def _render(self, jobs: list[tuple[int, str | None]]) -> np.ndarray:
-        """Maps of (article index, table id or None for the article average), in one pass."""
-        xyz, group, weights = [], [], []
-        for row, (index, table_id) in enumerate(jobs):
-            peaks, weight = self.peaks.peaks_of(index, table_id)
-            xyz.append(peaks)
-            group.append(np.full(len(peaks), row))
-            weights.append(np.full(len(peaks), weight, dtype=np.float32))
-        return self.renderer(
-            np.concatenate(group), np.concatenate(xyz), np.concatenate(weights), len(jobs)
-        )
+        return render_jobs(self.peaks, self.renderer, jobs)
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         from text2brain.tokens import tokenize
@@ -400,6 +406,38 @@ class TextMapDataModule(L.LightningDataModule):
         self.setup()
         maps = self._corpus_maps()
         return self.split.ids(stage), maps[self.indices_of(stage)]
+
+    def article_peaks(self, stage: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, xyz, offsets, weights): what rebuilds a split's article maps (`article_maps`).
+
+        Article i's peaks are ``xyz[offsets[i]:offsets[i + 1]]`` (mm, float64), each weighted
+        ``weights[i]`` = 1 / its number of tables (the mean of its table maps); rendered with
+        this module's `renderer` they give `article_maps` (stage) row i.
+        """
+        self.setup()
+        rows = self.indices_of(stage)
+        peaks = self.peaks
+        starts, ends = peaks.article_start[rows], peaks.article_end[rows]
+        offsets = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
+        xyz = np.concatenate(
+            [np.zeros((0, 3))] + [peaks.xyz[s:e] for s, e in zip(starts, ends, strict=True)]
+        )
+        weights = (1.0 / peaks.n_tables[rows]).astype(np.float32)
+        return self.split.ids(stage), xyz, offsets, weights
+
+    def hierarchy_sample(self, stage: str, n: int = 500, seed: int = 0) -> HierarchySample:
+        """A fixed sample of up to `n` article -> table pairs of a split, with the articles'
+        keywords, titles and abstracts (text2brain.data.hierarchy): the heads' hierarchy
+        measures. The same for every call with the same arguments."""
+        self.setup()
+        return sample_hierarchy(
+            self.corpus,
+            self.indices_of(stage),
+            self.peaks.tables,
+            lambda jobs: render_jobs(self.peaks, self.renderer, jobs),
+            n,
+            seed,
+        )
 
     def indices_of(self, stage: str) -> np.ndarray:
         return np.array([self.corpus.index_of(i) for i in self.split.ids(stage)])

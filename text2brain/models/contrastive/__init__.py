@@ -3,8 +3,8 @@
 `losses` holds the plain-maths pieces (learnable scalars, logits, InfoNCE with global negatives
 under DDP, entailment and intra-brain hierarchy losses); the Lorentz maths is `text2brain.lorentz`.
 `torch_model` holds the encoders and the two geometries, `retrieval` the article bank's data,
-maps by retrieval and recall@k, `bank` the bank's life cycle and retrieval both ways, `clip`
-and `mnm` the heads of the zoo.
+maps by retrieval and recall@k, `bank` the bank's life cycle and retrieval both ways,
+`hierarchy` the hierarchy measures (`val/hier/...`), `clip` and `mnm` the heads of the zoo.
 """
 
 from text2brain.models.contrastive.clip import CLIP

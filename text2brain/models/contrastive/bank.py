@@ -1,16 +1,22 @@
 """The retrieval bank's life cycle and retrieval both ways, for heads that embed maps.
 
 `RetrievalBankMixin` keeps a `RetrievalBank` (text2brain.models.contrastive.retrieval: the
-training articles' maps, ids, titles, keywords and embeddings) beside a head's weights:
+training articles' ids, titles, keywords, peaks and embeddings) beside a head's weights:
 
-- built from the data module the first time it is needed (validation, test, prediction, the end
-  of fit, or a checkpoint save) and saved in every checkpoint, so `load_predictor(ckpt)`
-  answers `related_articles` and `describe_maps` without the corpus;
-- its maps never change; its embeddings are recomputed whenever the weights changed since they
-  were computed (before each validation and each checkpoint save: about 10,000 maps through
-  the brain encoder, a minute on two CPU cores);
+- built from the data module the first time it is needed (validation, test, prediction, the
+  end of fit, or a checkpoint save): peaks and texts only, which is cheap;
+- embedded (every article map rebuilt and passed through the brain encoder: about 10,000 maps,
+  a minute on two CPU cores) only when something will read the embeddings and the weights
+  changed since they were computed: before validation, test and prediction, at the end of fit
+  and, lazily, at the first retrieval after loading (`related_articles`, `describe_maps`,
+  `retrieve_maps`). A training step marks them stale;
+- saved in every checkpoint, with its embeddings when they match the saved weights; a
+  periodic checkpoint written between two validations (`last.ckpt`) leaves the stale
+  embeddings out instead of recomputing them, and whatever loads it (`load_predictor`, a
+  resumed run, `text2brain export`) embeds the bank when it first needs it;
 - `retrieve_maps`: a text's map by retrieval-based meta-analysis, the weighted average of the
-  `retrieval_k` nearest articles' maps, weights ``softmax(-distance / T)``.
+  `retrieval_k` nearest articles' maps, weights ``softmax(-distance / T)``, the maps rebuilt
+  from their peaks.
 
 The head provides `self.net` with `embed_maps(maps)` and `geometry` (`cross_distance`,
 `distance`, `logit_scale`), `embed_text(batch)`, and `retrieval_k` / `retrieval_temperature`.
@@ -19,6 +25,7 @@ The head provides `self.net` with `embed_maps(maps)` and `geometry` (`cross_dist
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,12 +34,12 @@ from torch import Tensor
 from text2brain.models.contrastive.retrieval import (
     RelatedArticle,
     RetrievalBank,
+    compact_embeddings,
     retrieval_weights,
-    weighted_maps,
 )
 from text2brain.text import check_texts
 
-#: Maps per forward pass when the bank's embeddings are computed.
+#: Maps per forward pass when maps are embedded in bulk.
 BANK_CHUNK = 256
 
 
@@ -53,70 +60,100 @@ class RetrievalBankMixin:
         self.bank_fresh = False
 
     # -- the retrieval bank -------------------------------------------------------------------
-    def prepare_bank(self) -> None:
-        """Build the bank from the data module if there is none; refresh stale embeddings."""
-        if self.bank is None:
-            datamodule = getattr(self._trainer, "datamodule", None)
-            if datamodule is None or not hasattr(datamodule, "article_maps"):
-                return
-            ids, maps = datamodule.article_maps("train")
-            corpus = datamodule.corpus
-            articles = [corpus.articles[corpus.index_of(i)] for i in ids]
-            self.bank = RetrievalBank.from_maps(
-                ids, maps, [a.title for a in articles], [list(a.keywords) for a in articles]
-            )
-            self.bank_fresh = False
-        if not self.bank_fresh:
-            self.bank.embeddings = self.embed_bank()
+    def build_bank(self) -> None:
+        """Build the bank (without embeddings) from the data module if there is none."""
+        if self.bank is not None:
+            return
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "article_peaks"):
+            return
+        ids, *peaks = datamodule.article_peaks("train")
+        corpus = datamodule.corpus
+        articles = [corpus.articles[corpus.index_of(i)] for i in ids]
+        self.bank = RetrievalBank.from_peaks(
+            ids,
+            tuple(peaks),
+            [a.title for a in articles],
+            [list(a.keywords) for a in articles],
+            datamodule.space,
+            datamodule.hparams.fwhm,
+        )
+        self.bank_fresh = False
+
+    def refresh_bank(self) -> None:
+        """Embed the bank with the current weights, unless its embeddings already are theirs."""
+        if self.bank is not None and (not self.bank_fresh or self.bank.embeddings is None):
+            self.bank.embeddings = compact_embeddings(self.embed_bank())
             self.bank_fresh = True
 
-    @torch.no_grad()
+    def prepare_bank(self) -> None:
+        """Build the bank if there is none and bring its embeddings up to date."""
+        self.build_bank()
+        self.refresh_bank()
+
     def embed_bank(self) -> Tensor:
-        """Embeddings of the bank's maps with the current weights (eval mode, fp32)."""
+        """Embeddings (n, d) float32 of the bank's maps with the current weights."""
+        bank = self.bank
+        return self.embed_map_chunks(len(bank), lambda s, e: bank.render(range(s, e)))
+
+    @torch.no_grad()
+    def embed_map_chunks(self, n: int, maps: Callable[[int, int], Tensor]) -> Tensor:
+        """Points (n, d) of ``maps(start, end)`` (rows start..end-1), in eval mode and fp32,
+        `BANK_CHUNK` maps at a time."""
         training = self.training
         self.eval()
         try:
             with torch.autocast(self.device.type, enabled=False):
                 chunks = [
-                    self.net.embed_maps(self.bank.maps[s : s + BANK_CHUNK].to(self.device))
-                    for s in range(0, len(self.bank), BANK_CHUNK)
+                    self.net.embed_maps(maps(s, min(n, s + BANK_CHUNK)).to(self.device))
+                    for s in range(0, n, BANK_CHUNK)
                 ]
         finally:
             self.train(training)
         return torch.cat(chunks) if chunks else torch.zeros(0, self.net.embed_dim)
 
     def require_bank(self, what: str) -> RetrievalBank:
-        if self.bank is None or self.bank.embeddings is None:
+        """The bank with up-to-date embeddings (computed here if they are not)."""
+        if self.bank is None:
             raise ValueError(
                 f"{type(self).__name__} has no retrieval bank, so it cannot {what}: fit or "
                 "validate it with a TextMapDataModule, or load a checkpoint written by "
                 "`text2brain fit`"
             )
+        self.refresh_bank()
         return self.bank
 
     def on_fit_end(self) -> None:
+        super().on_fit_end()
         self.prepare_bank()
 
     def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
         self.prepare_bank()
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
         self.prepare_bank()
 
     def on_predict_epoch_start(self) -> None:
+        super().on_predict_epoch_start()
         self.prepare_bank()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        self.prepare_bank()
+        self.build_bank()
         if self.bank is not None:
-            checkpoint["text2brain"]["bank"] = self.bank.to_dict()
+            state = self.bank.to_dict()
+            if not self.bank_fresh:  # stale: left out, not recomputed for a periodic save
+                state["embeddings"] = None
+            checkpoint["text2brain"]["bank"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint["text2brain"].get("bank")
         if state is not None:
-            self.bank = RetrievalBank.from_dict(state, self.space.n_voxels)
+            self.bank = RetrievalBank.from_dict(state, self.space)
+            # Saved embeddings are those of the saved weights, which load with them.
             self.bank_fresh = self.bank.embeddings is not None
 
     # -- maps ---------------------------------------------------------------------------------
@@ -128,7 +165,7 @@ class RetrievalBankMixin:
 
     def retrieve_maps(self, text: Tensor) -> Tensor:
         """Retrieval-based maps (n, n_voxels) of text points (n, d), float32 in [-1, 1]."""
-        if self.bank is None or self.bank.embeddings is None:
+        if self.bank is None:
             warnings.warn(
                 f"{type(self).__name__} has no retrieval bank yet (it is built from the data "
                 "module at validation, at the end of fit or when a checkpoint is saved): "
@@ -137,9 +174,10 @@ class RetrievalBankMixin:
                 stacklevel=2,
             )
             return torch.zeros(len(text), self.space.n_voxels, device=text.device)
-        distance = self.net.geometry.cross_distance(text, self.bank.embeddings.to(text.device))
+        bank = self.require_bank("retrieve maps")
+        distance = self.net.geometry.cross_distance(text, bank.embeddings.to(text.device))
         indices, weights = retrieval_weights(distance, self.retrieval_k, self.temperature())
-        return weighted_maps(self.bank.maps, indices, weights)
+        return bank.weighted_maps(indices, weights)
 
     # -- retrieval both ways ------------------------------------------------------------------
     @torch.inference_mode()

@@ -5,19 +5,25 @@ both train a text encoder and a brain-map encoder contrastively and predict a te
 retrieval-based meta-analysis over the training articles (text2brain.models.contrastive.bank).
 The shared map metrics (`val/dice_auc`, ...) score those maps exactly as the other heads' maps;
 recall@10 / @100 text -> brain and brain -> text over the whole evaluation split come on top
-(`val/recall@10_t2b`, `val/recall@100_b2t`, ...), with the contrastive loss (`val/contrastive`).
+(`val/recall@10_t2b`, `val/recall@100_b2t`, ...), with the contrastive loss (`val/contrastive`),
+and the hierarchy measures of a fixed sample of the split (`val/hier/...`,
+text2brain.models.contrastive.hierarchy).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
 from text2brain.brain import BrainSpace
+from text2brain.models.contrastive import hierarchy
 from text2brain.models.contrastive.bank import RetrievalBankMixin
+from text2brain.models.contrastive.hierarchy import HierarchyEmbeddings
 from text2brain.models.contrastive.retrieval import (
     RECALL_KS,
     EmbeddingCollector,
@@ -34,6 +40,12 @@ from text2brain.models.settings import (
 )
 from text2brain.models.text_head import TextEncoderHead
 from text2brain.text import check_texts
+
+if TYPE_CHECKING:
+    from text2brain.data.hierarchy import HierarchySample
+
+#: Texts per forward pass when the hierarchy sample's texts are embedded.
+TEXT_CHUNK = 64
 
 
 class CLIP(RetrievalBankMixin, TextEncoderHead):
@@ -52,11 +64,16 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         retrieval_k: how many nearest training articles a retrieved map averages.
         retrieval_temperature: temperature of their weights ``softmax(-distance / T)``;
             None uses the learned contrastive temperature.
+        hierarchy_pairs: size of the fixed sample of article -> table pairs (and their
+            articles' keywords, titles and abstracts) on which each validation and test logs
+            the hierarchy measures (`val/hier/...`); 0 switches them off. 500 pairs add 1,000
+            maps and about 500 texts to embed per validation.
     """
 
     extra_metrics = (
         "contrastive",
         *(f"recall@{k}_{way}" for way in ("t2b", "b2t") for k in RECALL_KS),
+        *(hierarchy.PREFIX + m for m in hierarchy.MEASURES if m not in hierarchy.CONE_MEASURES),
     )
     #: Whether training batches' `hierarchy_maps` are embedded (only MNM's losses use them).
     uses_hierarchy = False
@@ -70,6 +87,7 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         temperature: float = 0.07,
         retrieval_k: int = 20,
         retrieval_temperature: float | None = None,
+        hierarchy_pairs: int = 500,
     ) -> None:
         super().__init__(text=text, optim=optim)
         if isinstance(retrieval_k, bool) or not isinstance(retrieval_k, int) or retrieval_k < 1:
@@ -78,6 +96,15 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
             raise ValueError(f"retrieval_temperature must be > 0, got {retrieval_temperature}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if (
+            isinstance(hierarchy_pairs, bool)
+            or not isinstance(hierarchy_pairs, int)
+            or hierarchy_pairs < 0
+        ):
+            raise ValueError(f"hierarchy_pairs must be an int >= 0, got {hierarchy_pairs!r}")
+        self.hierarchy_pairs = hierarchy_pairs
+        #: A frozen encoder's vectors of the hierarchy sample's texts (they never change).
+        self._frozen_features: dict[str, Tensor] = {}
         self.brain_settings = as_settings(BrainEncoderSettings, brain)
         self.embed_dim = embed_dim
         self.initial_temperature = temperature
@@ -165,10 +192,12 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         self._log_recall("val")
+        self._log_hierarchy("val")
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
         self._log_recall("test")
+        self._log_hierarchy("test")
 
     def _log_recall(self, stage: str) -> None:
         """recall@k text -> brain (rows: texts) and brain -> text over the whole split."""
@@ -182,3 +211,66 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
                 values[f"{stage}/recall@{k}_{way}"] = recall_at_k(matrix, k)
         # Already gathered over ranks by the collector; sync_dist only says so to Lightning.
         self.log_dict(values, sync_dist=True)
+
+    # -- the hierarchy ------------------------------------------------------------------------
+    def _log_hierarchy(self, stage: str) -> None:
+        """`<stage>/hier/...` on the data module's fixed sample of the split (not in the
+        sanity check). Every rank measures the same sample with the same weights."""
+        trainer = self._trainer
+        if not self.hierarchy_pairs or trainer is None or trainer.sanity_checking:
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "hierarchy_sample"):
+            return
+        values = self.hierarchy_measures(datamodule.hierarchy_sample(stage, self.hierarchy_pairs))
+        values = {f"{stage}/{name}": v.to(self.device) for name, v in values.items()}
+        self.log_dict(values, sync_dist=True)
+
+    def hierarchy_measures(self, sample: HierarchySample) -> dict[str, Tensor]:
+        """The hierarchy measures of a sample (text2brain.data.hierarchy) with the current
+        weights, in eval mode: ``hier/<name>`` -> 0-d float tensor (the measures that have no
+        meaning in this head's geometry, or no data in the sample, are absent)."""
+        points = HierarchyEmbeddings(
+            article=self.embed_map_chunks(
+                len(sample), lambda s, e: torch.from_numpy(sample.article_maps[s:e])
+            ),
+            table=self.embed_map_chunks(
+                len(sample), lambda s, e: torch.from_numpy(sample.table_maps[s:e])
+            ),
+            texts={source: self._embed_texts(texts) for source, texts in sample.texts.items()},
+            text_article={
+                source: torch.from_numpy(rows).to(self.device)
+                for source, rows in sample.text_article.items()
+            },
+        )
+        return self.net.geometry.hierarchy_measures(points)
+
+    @torch.no_grad()
+    def _embed_texts(self, texts: list[str]) -> Tensor:
+        """Points (len(texts), d) of raw texts in eval mode, in the trainer's precision as in
+        the evaluation steps, by chunks of similar length; a frozen encoder's vectors are kept
+        for the next call."""
+        training = self.training
+        self.eval()
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        points = torch.zeros(len(texts), self.embed_dim, device=self.device)
+        trainer = self._trainer
+        try:
+            with trainer.precision_plugin.forward_context() if trainer else nullcontext():
+                for start in range(0, len(texts), TEXT_CHUNK):
+                    rows = order[start : start + TEXT_CHUNK]
+                    chunk = [texts[i] for i in rows]
+                    features = self._hierarchy_features(chunk)
+                    points[torch.from_numpy(rows)] = self.net.embed_text_features(features)
+        finally:
+            self.train(training)
+        return points
+
+    def _hierarchy_features(self, texts: list[str]) -> Tensor:
+        if not self.encoder_frozen:
+            return self.text_features({"text": texts})
+        missing = [t for t in dict.fromkeys(texts) if t not in self._frozen_features]
+        if missing:
+            for text, vector in zip(missing, self.encode_texts(missing), strict=True):
+                self._frozen_features[text] = vector.cpu()
+        return torch.stack([self._frozen_features[t] for t in texts]).to(self.device)

@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from text2brain.models.contrastive.clip import CLIP
+from text2brain.models.contrastive.hierarchy import CONE_MEASURES, PREFIX
 from text2brain.models.contrastive.losses import LORENTZ_LOGITS
 from text2brain.models.contrastive.torch_model import MODALITIES, LorentzGeometry
 
@@ -45,6 +46,7 @@ class MNM(CLIP):
     """
 
     uses_hierarchy = True
+    extra_metrics = (*CLIP.extra_metrics, *(PREFIX + m for m in CONE_MEASURES))
 
     def __init__(
         self,

@@ -2,14 +2,18 @@
 
 A contrastive head has no decoder: its map for a text is a *retrieval-based meta-analysis*,
 the weighted average of the training-article maps whose embeddings lie nearest the text's
-(`retrieval_weights`, `weighted_maps`). The `RetrievalBank` holds what that needs once training
-is over, so a checkpoint answers queries without the corpus: the training articles' ids,
-titles and keywords, their article-average maps (float16, each scaled to a largest absolute
-value of 1) and their embeddings.
+(`retrieval_weights`, `RetrievalBank.weighted_maps`). The `RetrievalBank` holds what that
+needs once training is over, so a checkpoint answers queries without the corpus: the training
+articles' ids, titles and keywords, their embeddings (float16) and what rebuilds their maps.
 
-Size: the maps dominate, ``n_articles x n_voxels x 2`` bytes. On NeuroQuery's training split
-(10,086 articles, 28,542 voxels) that is 576 MB (plus 10 MB of 256-d float32 embeddings), in
-every checkpoint of a contrastive head (a whole MNM checkpoint with its optimizer state: 877 MB).
+The maps are not stored: a `PeakMaps` keeps each article's peak coordinates (float32 mm), its
+peak weight (1 / its number of tables: the article-average map) and the FWHM and brain space
+they were rendered with, and the fast renderer (text2brain.brain.Renderer) rebuilds the maps a
+query needs, each scaled to a largest absolute value of 1 (`scale_maps`): 20 maps in 2-7 ms
+on one CPU core. On NeuroQuery's training split (10,086 articles, 354,037 peaks) a bank
+takes about 12 MB (4.2 MB of peaks, 5.2 MB of 256-d float16 embeddings, the rest titles and
+keywords) where the dense maps took 576 MB. Checkpoints written before kept the dense maps
+(`DenseMaps`, float16); they still load, and save again as they are.
 
 `recall_at_k` scores retrieval between paired texts and maps (row i of one modality matches
 row i of the other), as NeuroConText and MNM report it.
@@ -27,12 +31,16 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from text2brain.brain import BrainSpace, Renderer
 from text2brain.lorentz import at_least_fp32
 
 #: Cut-offs of the logged recall metrics (`val/recall@10_t2b`, ...).
 RECALL_KS = (10, 100)
 #: Floor of a map's largest absolute value when it is scaled (all-zero maps stay zero).
 _TINY = 1e-12
+#: Version of the bank's checkpoint entry: 1 (no "format" key) stored dense maps.
+BANK_FORMAT = 2
+_FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
 
 def scale_maps(maps: Tensor) -> Tensor:
@@ -42,6 +50,118 @@ def scale_maps(maps: Tensor) -> Tensor:
     activation is; the brain encoder and the bank's weighted averages should see shapes only.
     """
     return maps / maps.abs().amax(dim=-1, keepdim=True).clamp_min(_TINY)
+
+
+def _rows(indices: Sequence[int] | Tensor | np.ndarray) -> np.ndarray:
+    """Row indices as a 1-D int64 array."""
+    if isinstance(indices, Tensor):
+        indices = indices.detach().cpu().numpy()
+    return np.asarray(indices, dtype=np.int64).reshape(-1)
+
+
+# -- the bank's maps ---------------------------------------------------------------------------
+
+
+class PeakMaps:
+    """Article-average maps rebuilt from peaks on demand, as the data module renders them.
+
+    Args:
+        xyz: (P, 3) peak coordinates in mm, the peaks of article i being
+            ``xyz[offsets[i]:offsets[i + 1]]`` (stored float32).
+        offsets: (n + 1,) int64, non-decreasing, from 0 to P.
+        weights: (n,) each article's peak weight (1 / its number of tables, so that the map is
+            the mean of its table maps).
+        space: the grid and mask the maps are rendered on.
+        fwhm: the Gaussian kernel's full width at half maximum, mm.
+    """
+
+    def __init__(
+        self, xyz: Tensor, offsets: Tensor, weights: Tensor, space: BrainSpace, fwhm: float
+    ) -> None:
+        xyz = torch.as_tensor(xyz, dtype=torch.float32)
+        offsets = torch.as_tensor(offsets, dtype=torch.int64)
+        weights = torch.as_tensor(weights, dtype=torch.float32)
+        if xyz.ndim != 2 or xyz.shape[1] != 3:
+            raise ValueError(f"bank peaks must be (n_peaks, 3), got {tuple(xyz.shape)}")
+        n = len(weights)
+        if offsets.shape != (n + 1,):
+            raise ValueError(f"bank peak offsets must be ({n + 1},), got {tuple(offsets.shape)}")
+        if n and (
+            int(offsets[0]) != 0 or int(offsets[-1]) != len(xyz) or (offsets.diff() < 0).any()
+        ):
+            raise ValueError("bank peak offsets must rise from 0 to the number of peaks")
+        if not (fwhm > 0):
+            raise ValueError(f"the bank's fwhm must be > 0, got {fwhm}")
+        self.xyz, self.offsets, self.weights = xyz, offsets, weights
+        self.space, self.fwhm = space, float(fwhm)
+        self._renderer: Renderer | None = None
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    @property
+    def n_voxels(self) -> int:
+        return self.space.n_voxels
+
+    def render(self, indices: Sequence[int] | Tensor | np.ndarray) -> Tensor:
+        """Scaled maps (m, n_voxels) float32 of bank rows `indices` (m,)."""
+        rows = _rows(indices)
+        if self._renderer is None:
+            self._renderer = Renderer(self.space, self.fwhm)
+        offsets = self.offsets.numpy()
+        starts, counts = offsets[rows], offsets[rows + 1] - offsets[rows]
+        # Peak rows of every article in turn: each run starts at its article's offset.
+        run_start = np.repeat(starts - np.cumsum(counts) + counts, counts)
+        peaks = run_start + np.arange(int(counts.sum()))
+        group = np.repeat(np.arange(len(rows)), counts)
+        weights = np.repeat(self.weights.numpy()[rows], counts)
+        maps = self._renderer(group, self.xyz.numpy()[peaks], weights, len(rows))
+        return scale_maps(torch.from_numpy(maps))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "xyz": self.xyz,
+            "offsets": self.offsets,
+            "weights": self.weights,
+            "fwhm": self.fwhm,
+            "space": self.space.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> PeakMaps:
+        return cls(
+            state["xyz"],
+            state["offsets"],
+            state["weights"],
+            BrainSpace.from_dict(state["space"]),
+            state["fwhm"],
+        )
+
+
+class DenseMaps:
+    """The maps themselves, (n, n_voxels) float16, already scaled: the banks of format 1."""
+
+    def __init__(self, maps: Tensor) -> None:
+        if maps.ndim != 2:
+            raise ValueError(f"bank maps must be (n, n_voxels), got {tuple(maps.shape)}")
+        self.maps = maps
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.maps.shape[1])
+
+    def render(self, indices: Sequence[int] | Tensor | np.ndarray) -> Tensor:
+        """Maps (m, n_voxels) float32 of bank rows `indices` (m,)."""
+        return self.maps[torch.from_numpy(_rows(indices))].float()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"maps": self.maps}
+
+
+BankMaps = PeakMaps | DenseMaps
 
 
 # -- the bank ----------------------------------------------------------------------------------
@@ -57,29 +177,37 @@ class RelatedArticle:
     distance: float
 
 
+def compact_embeddings(embeddings: Tensor) -> Tensor:
+    """Embeddings (n, d) on the CPU as float16, or float32 where float16 cannot hold them."""
+    embeddings = embeddings.detach().cpu()
+    if embeddings.numel() and float(embeddings.abs().max()) >= _FLOAT16_MAX:
+        return embeddings.float()
+    return embeddings.half()
+
+
 @dataclass
 class RetrievalBank:
     """Training articles for retrieval: ids, titles, keywords, maps and embeddings.
 
-    `maps` (n, n_voxels) are float16 on the CPU, scaled by `scale_maps`; `embeddings` (n, d)
-    float32 are those of the head's current weights (None until computed).
+    `maps` rebuilds the articles' scaled maps (`PeakMaps`, or `DenseMaps` from an old
+    checkpoint); `embeddings` (n, d), float16 on the CPU (`compact_embeddings`), are those of
+    the head's weights when they were computed (None: not computed, or left out of a
+    checkpoint because the weights had changed since).
     """
 
     ids: list[str]
     titles: list[str]
     keywords: list[list[str]]
-    maps: Tensor
+    maps: BankMaps
     embeddings: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
-        if not (len(self.titles) == len(self.keywords) == n):
+        if not (len(self.titles) == len(self.keywords) == len(self.maps) == n):
             raise ValueError(
-                f"the bank has {n} ids but {len(self.titles)} titles and {len(self.keywords)} "
-                "keyword lists"
+                f"the bank has {n} ids but {len(self.titles)} titles, {len(self.keywords)} "
+                f"keyword lists and {len(self.maps)} maps"
             )
-        if self.maps.ndim != 2 or self.maps.shape[0] != n:
-            raise ValueError(f"bank maps must be ({n}, n_voxels), got {tuple(self.maps.shape)}")
         if self.embeddings is not None and (
             self.embeddings.ndim != 2 or self.embeddings.shape[0] != n
         ):
@@ -91,6 +219,21 @@ class RetrievalBank:
         return len(self.ids)
 
     @classmethod
+    def from_peaks(
+        cls,
+        ids: Sequence[str],
+        peaks: tuple[np.ndarray, np.ndarray, np.ndarray],
+        titles: Sequence[str],
+        keywords: Sequence[Sequence[str]],
+        space: BrainSpace,
+        fwhm: float,
+    ) -> RetrievalBank:
+        """A bank (without embeddings) from the articles' (xyz, offsets, weights) peaks."""
+        xyz, offsets, weights = (torch.from_numpy(np.ascontiguousarray(a)) for a in peaks)
+        maps = PeakMaps(xyz, offsets, weights, space, fwhm)
+        return cls(list(ids), list(titles), [list(k) for k in keywords], maps)
+
+    @classmethod
     def from_maps(
         cls,
         ids: Sequence[str],
@@ -99,40 +242,71 @@ class RetrievalBank:
         keywords: Sequence[Sequence[str]],
         chunk: int = 1024,
     ) -> RetrievalBank:
-        """A bank (without embeddings) from article maps, read in chunks (e.g. memory-mapped)."""
+        """A dense bank (without embeddings) from article maps, read in chunks (e.g.
+        memory-mapped): the format-1 bank, for corpora without peaks."""
         scaled = torch.empty(maps.shape, dtype=torch.float16)
         for start in range(0, len(maps), chunk):
             block = torch.from_numpy(np.ascontiguousarray(maps[start : start + chunk]))
             scaled[start : start + chunk] = scale_maps(block.float()).half()
-        return cls(list(ids), list(titles), [list(k) for k in keywords], scaled)
+        return cls(list(ids), list(titles), [list(k) for k in keywords], DenseMaps(scaled))
+
+    def render(self, indices: Sequence[int] | Tensor | np.ndarray) -> Tensor:
+        """Scaled maps (m, n_voxels) float32 of bank rows `indices` (m,)."""
+        return self.maps.render(indices)
+
+    def weighted_maps(self, indices: Tensor, weights: Tensor) -> Tensor:
+        """``sum_j weights[i, j] map[indices[i, j]]``: (n, k), (n, k) -> (n, n_voxels) float32.
+
+        Each distinct row is rebuilt once; the result is on `weights`' device.
+        """
+        unique, inverse = torch.unique(indices.cpu(), return_inverse=True)
+        return weighted_maps(self.render(unique), inverse, weights)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain tensors, strings and lists: what `torch.load(weights_only=True)` reads back."""
-        return {
+        """Plain tensors, strings and lists: what `torch.load(weights_only=True)` reads back.
+
+        `embeddings` is None when the caller leaves them out (stale: see RetrievalBankMixin).
+        """
+        state = {
+            "format": BANK_FORMAT,
             "ids": list(self.ids),
             "titles": list(self.titles),
             "keywords": [list(k) for k in self.keywords],
-            "maps": self.maps,
-            "embeddings": None if self.embeddings is None else self.embeddings.detach().cpu(),
+            "embeddings": None if self.embeddings is None else compact_embeddings(self.embeddings),
         }
+        if isinstance(self.maps, PeakMaps):
+            state["peaks"] = self.maps.to_dict()
+        else:  # an old bank saves as it came
+            state.update(self.maps.to_dict())
+        return state
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any], n_voxels: int) -> RetrievalBank:
-        """The bank of a checkpoint; its maps must have the head's `n_voxels`."""
+    def from_dict(cls, state: dict[str, Any], space: BrainSpace) -> RetrievalBank:
+        """The bank of a checkpoint (dense maps or peaks); it must be on the head's `space`."""
         try:
+            if "peaks" in state:
+                maps: BankMaps = PeakMaps.from_dict(state["peaks"])
+            else:
+                maps = DenseMaps(state["maps"])
+            embeddings = state.get("embeddings")
             bank = cls(
                 list(state["ids"]),
                 list(state["titles"]),
                 [list(k) for k in state["keywords"]],
-                state["maps"],
-                state.get("embeddings"),
+                maps,
+                None if embeddings is None else compact_embeddings(embeddings),
             )
-        except (KeyError, TypeError, AttributeError) as err:
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise ValueError(f"the checkpoint's retrieval bank is malformed: {err!r}") from err
-        if bank.maps.shape[1] != n_voxels:
+        if bank.maps.n_voxels != space.n_voxels:
             raise ValueError(
-                f"the checkpoint's retrieval bank has maps of {bank.maps.shape[1]} voxels, the "
-                f"model's brain mask {n_voxels}"
+                f"the checkpoint's retrieval bank has maps of {bank.maps.n_voxels} voxels, the "
+                f"model's brain mask {space.n_voxels}"
+            )
+        if isinstance(maps, PeakMaps) and maps.space.to_dict() != space.to_dict():
+            raise ValueError(
+                "the checkpoint's retrieval bank was rendered on another grid or mask than the "
+                "model's"
             )
         return bank
 

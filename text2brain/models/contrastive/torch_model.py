@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from text2brain import lorentz
 from text2brain.models.brain_encoder import BrainEncoder
-from text2brain.models.contrastive import losses
+from text2brain.models.contrastive import hierarchy, losses
+from text2brain.models.contrastive.hierarchy import HierarchyEmbeddings
 from text2brain.models.contrastive.retrieval import scale_maps
 from text2brain.models.encoders import TextEncoder
 from text2brain.models.settings import BrainEncoderSettings, as_settings
@@ -59,6 +60,12 @@ class CosineGeometry(nn.Module):
 
     def stats(self, text: Tensor, brain: Tensor) -> dict[str, Tensor]:
         return {"logit_scale": self.logit_scale().detach()}
+
+    def hierarchy_measures(self, points: HierarchyEmbeddings) -> dict[str, Tensor]:
+        """The sphere's norm-free hierarchy measures: distances to the origin replaced by the
+        angle to the centre of the sample's points of the same modality; no cone measures (the
+        sphere has no cones). See text2brain.models.contrastive.hierarchy."""
+        return hierarchy.hierarchy_measures(points, hierarchy.centre_angle)
 
 
 class LorentzGeometry(nn.Module):
@@ -150,6 +157,18 @@ class LorentzGeometry(nn.Module):
             self.min_radius,
             aperture_scale,
             margin,
+        )
+
+    def hierarchy_measures(self, points: HierarchyEmbeddings) -> dict[str, Tensor]:
+        """Every hierarchy measure (text2brain.models.contrastive.hierarchy): geodesic distances
+        to the origin, and this geometry's cones (`min_radius`; the text -> map entailment with
+        its `parent` as the apex)."""
+        c = self.curvature().detach()
+        return hierarchy.hierarchy_measures(
+            points,
+            lambda x, _: lorentz.dist0(x, c),
+            lambda parent, child: hierarchy.in_cone(parent, child, c, self.min_radius),
+            text_is_parent=self.parent == "text",
         )
 
     def curvature_at_lower_bound(self) -> bool:
