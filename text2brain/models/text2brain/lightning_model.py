@@ -27,8 +27,8 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
     The decoder is the paper's (DecoderSettings' defaults) and the defaults are those of the
     main job (configs/model/text2brain.yaml): the bundled MiniLM kept frozen, max-normalised
     targets raised to the power 0.1 (validation Dice-AUC of the readout alone 0.0750, vs 0.0703
-    untransformed), the residual mean map and a rank-32 ridge readout. The paper's fine-tuned encoder
-    is configs/model/text2brain-finetune.yaml; its SciBERT is `text: {encoder:
+    untransformed), the residual mean map and a rank-32 ridge readout. The paper's fine-tuned
+    encoder is configs/model/text2brain-finetune.yaml; its SciBERT is `text: {encoder:
     allenai/scibert_scivocab_uncased, pooling: pooler}`.
 
     Args:
