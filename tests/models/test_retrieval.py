@@ -82,3 +82,13 @@ def test_bad_arguments_are_refused(tiny_bert: Path, overrides: dict, message: st
 def test_fixed_k_and_temperature_skip_the_search(tiny_bert: Path) -> None:
     model = Retrieval(**TINY_CONFIGS["retrieval"](str(tiny_bert)), k=3, temperature=0.2)
     assert model.ks == [3] and model.temperatures == [0.2]
+
+
+def test_maps_are_float32_under_bf16_autocast(built: Retrieval) -> None:
+    maps = torch.rand(6, built.space.n_voxels)
+    bank(built, torch.randn(6, 4), maps)
+    queries = F.normalize(torch.randn(3000, 4), dim=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        few, many = built.retrieve(queries[:2], 3, 0.1), built.retrieve(queries, 3, 0.1)
+    assert few.dtype == many.dtype == torch.float32
+    torch.testing.assert_close(many[:2], few)

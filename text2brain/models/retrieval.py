@@ -142,16 +142,17 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
     # -- prediction ---------------------------------------------------------------------------
     def retrieve(self, queries: Tensor, k: int, temperature: float) -> Tensor:
         """Maps (n, voxels) float32 of unit query embeddings (n, d): the softmax-weighted mean
-        of the `k` most similar bank maps."""
+        of the `k` most similar bank maps, in float32 whatever the caller's autocast."""
         k = min(int(k), len(self.bank_maps))
-        similarity, index = (queries @ self.bank_embeddings.T).topk(k, dim=1)
-        weights = torch.softmax(similarity / temperature, dim=1)
-        if len(queries) * k <= GATHER_LIMIT:  # a few queries: read only their neighbours
-            return torch.einsum("nk,nkv->nv", weights, self.bank_maps[index])
-        # Many: one dense product (n x bank) @ (bank x voxels), a BLAS call.
-        dense = torch.zeros(len(queries), len(self.bank_maps), device=queries.device)
-        dense.scatter_(1, index, weights)
-        return dense @ self.bank_maps
+        with torch.autocast(queries.device.type, enabled=False):
+            similarity, index = (queries.float() @ self.bank_embeddings.T).topk(k, dim=1)
+            weights = torch.softmax(similarity / temperature, dim=1)
+            if len(queries) * k <= GATHER_LIMIT:  # a few queries: read only their neighbours
+                return torch.einsum("nk,nkv->nv", weights, self.bank_maps[index])
+            # Many: one dense product (n x bank) @ (bank x voxels), a BLAS call.
+            dense = torch.zeros(len(queries), len(self.bank_maps), device=queries.device)
+            dense.scatter_(1, index, weights)
+            return dense @ self.bank_maps
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
