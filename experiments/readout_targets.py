@@ -35,7 +35,7 @@ def readout_score(
     data: TextMapDataModule, init_args: dict, transform: str, alpha: float | None
 ) -> tuple[float, float]:
     """(validation Dice-AUC, seconds) of the readout alone."""
-    model = Text2Brain(**init_args, target_transform=transform, readout_alpha=alpha)
+    model = Text2Brain(**{**init_args, "target_transform": transform, "readout_alpha": alpha})
     trainer = L.Trainer(
         accelerator="cpu",
         precision="32-true",
