@@ -71,8 +71,22 @@ def load_model(checkpoint: str | os.PathLike | None = None) -> BrainMapHead:
             arbitrary unpickling, has another format version, names an unregistered model or
             holds weights that do not fit the model its hyper-parameters describe.
     """
+    return model_from_checkpoint(*read_model_file(checkpoint))
+
+
+def read_model_file(checkpoint: str | os.PathLike | None) -> tuple[Path, dict[str, Any]]:
+    """The path and the checkpoint dict (checked, upgraded) of a `.ckpt` file or an export.
+
+    What `load_model` reads before building the head: its hyper-parameters and its
+    "text2brain" section, which a head made of other heads (the ensemble) keeps.
+    """
     path = checkpoint_path(checkpoint)
-    ckpt = _read_export(path) if is_export(path) else read_checkpoint(path)
+    return path, _read_export(path) if is_export(path) else read_checkpoint(path)
+
+
+def model_from_checkpoint(path: Path, ckpt: dict[str, Any]) -> BrainMapHead:
+    """The head of a checkpoint dict read by `read_model_file` (`path` names it in errors),
+    its weights loaded, in eval mode."""
     info = ckpt["text2brain"]
     cls = registered_class(
         path, info.get("class_path") or ckpt["hyper_parameters"].get("_class_path")
