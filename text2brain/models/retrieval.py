@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from text2brain.brain import BrainSpace
 from text2brain.metrics import dice_auc_from_curve, dice_curve
 from text2brain.models.closed_form import ClosedFormModule
+from text2brain.models.contrastive.retrieval import retrieval_weights, weighted_maps
 from text2brain.models.encoders import TextEncoder
 from text2brain.models.settings import TextEncoderSettings
 from text2brain.models.text_head import TextEncoderHead
@@ -128,16 +129,10 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
 
     def _titled(self, datamodule: Any, stage: str) -> tuple[Tensor, Tensor]:
         """Unit title embeddings (n, d) and float32 maps (n, voxels) of a split's articles
-        that have a title (the others are counted in a warning)."""
-        ids, maps = datamodule.article_maps(stage)
-        corpus = datamodule.corpus
-        titles = [corpus.articles[corpus.index_of(i)].title or "" for i in ids]
-        rows = [i for i, title in enumerate(titles) if title.strip()]
-        if len(rows) < len(titles):
-            missing = len(titles) - len(rows)
-            log.warning("retrieval: %d %s articles without a title are left out", missing, stage)
-        embeddings = self.encode_texts([titles[i] for i in rows]).float().cpu()
-        return F.normalize(embeddings, dim=1), torch.from_numpy(np.asarray(maps[rows], np.float32))
+        that have a title (`TextMapDataModule.titled_article_maps`)."""
+        titles, maps = datamodule.titled_article_maps(stage)
+        embeddings = self.encode_texts(titles).float().cpu()
+        return F.normalize(embeddings, dim=1), torch.from_numpy(np.asarray(maps, np.float32))
 
     # -- prediction ---------------------------------------------------------------------------
     def retrieve(self, queries: Tensor, k: int, temperature: float) -> Tensor:
@@ -145,14 +140,14 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
         of the `k` most similar bank maps, in float32 whatever the caller's autocast."""
         k = min(int(k), len(self.bank_maps))
         with torch.autocast(queries.device.type, enabled=False):
-            similarity, index = (queries.float() @ self.bank_embeddings.T).topk(k, dim=1)
-            weights = torch.softmax(similarity / temperature, dim=1)
-            if len(queries) * k <= GATHER_LIMIT:  # a few queries: read only their neighbours
-                return torch.einsum("nk,nkv->nv", weights, self.bank_maps[index])
-            # Many: one dense product (n x bank) @ (bank x voxels), a BLAS call.
+            similarity = queries.float() @ self.bank_embeddings.T
+        index, weights = retrieval_weights(-similarity, k, temperature)
+        if len(queries) * k <= GATHER_LIMIT:  # a few queries: read only their neighbours
+            return weighted_maps(self.bank_maps, index, weights)
+        # Many: one dense product (n x bank) @ (bank x voxels), a BLAS call.
+        with torch.autocast(queries.device.type, enabled=False):
             dense = torch.zeros(len(queries), len(self.bank_maps), device=queries.device)
-            dense.scatter_(1, index, weights)
-            return dense @ self.bank_maps
+            return dense.scatter_(1, index, weights) @ self.bank_maps
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -97,22 +96,11 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
     @torch.no_grad()
     def fit_readout(self, batch_size: int = 128) -> None:
         """Fit the ridge readout on the training titles (the evaluation texts are titles)."""
-        datamodule = self.trainer.datamodule
-        _, maps = datamodule.article_maps("train")
-        titles = [datamodule.corpus.articles[i].title for i in datamodule.indices_of("train")]
-        rows = [i for i, title in enumerate(titles) if title and title.strip()]
-        if len(rows) < len(titles):
-            warnings.warn(
-                f"ridge readout: {len(titles) - len(rows):,} training articles without a "
-                "title are not used",
-                stacklevel=2,
-            )
-        embeddings = self.encode_texts([titles[i] for i in rows], batch_size).cpu()
+        titles, maps = self.trainer.datamodule.titled_article_maps("train")
+        embeddings = self.encode_texts(titles, batch_size).cpu()
         # `maps` is already an in-memory copy (1.2 GB on NeuroQuery): normalised in place, block
         # by block, rather than copied again.
         targets = torch.from_numpy(np.asarray(maps, np.float32))
-        if len(rows) < len(titles):
-            targets = targets[rows]
         for block in targets.split(1024):
             block.copy_(self.normalise_target(block))
         if self.residual:
@@ -131,7 +119,7 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
         self.readout_out.copy_(weight_out)
         self.readout_bias.copy_(fit.intercept)
         rank_zero_info(
-            f"ridge readout fitted on {len(rows):,} training titles (alpha {fit.alpha:.3g}, "
+            f"ridge readout fitted on {len(titles):,} training titles (alpha {fit.alpha:.3g}, "
             f"rank {self.readout_in.shape[1]})"
         )
 
