@@ -120,7 +120,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "models": ("models", "checkpoint"),
     "apps": (
         "", "__main__", "bench", "callbacks", "cli", "compare", "export", "inference",
-        "legacy_config", "query", "serve", "training",
+        "interop", "legacy_config", "query", "serve", "training",
     ),
 }  # fmt: skip
 

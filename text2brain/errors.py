@@ -30,6 +30,21 @@ def debugging(argv: list[str]) -> bool:
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+class MissingExtraError(ImportError):
+    """A feature needs a package of an optional extra that is not installed.
+
+    The message names the feature, the missing package and the install command, so the fix
+    is in the error itself.
+    """
+
+    def __init__(self, feature: str, package: str, extra: str) -> None:
+        self.extra = extra
+        super().__init__(
+            f'{feature} needs {package}, which is not installed: pip install "text2brain[{extra}]"',
+            name=package,
+        )
+
+
 def corpus_file_errors() -> tuple[type[BaseException], ...]:
     """The corpus-file error class, when its module was imported (so the error can exist)."""
     files = sys.modules.get("text2brain.neuroquery_files")
@@ -38,7 +53,8 @@ def corpus_file_errors() -> tuple[type[BaseException], ...]:
 
 def is_user_error(err: BaseException) -> bool:
     """An error a user can act on from its message: a bad file, path or value."""
-    return isinstance(err, (OSError, ValueError, TypeError, *corpus_file_errors()))
+    user_errors = (OSError, ValueError, TypeError, MissingExtraError, *corpus_file_errors())
+    return isinstance(err, user_errors)
 
 
 def run_command(

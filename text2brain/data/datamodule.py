@@ -14,7 +14,6 @@ import json
 import warnings
 from dataclasses import asdict
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from text2brain.brain import BrainSpace, Renderer
 from text2brain.corpus import Corpus, load_corpus
 from text2brain.data.hierarchy import HierarchySample, sample_hierarchy
 from text2brain.data.sampling import Pair, TextSampler
-from text2brain.data.split import Split, SplitRule, load_or_make_split
+from text2brain.data.split import Split, SplitRule, load_or_make_split, shipped_neuroquery_split
 from text2brain.outputs import atomic_output
 from text2brain.paths import cache_dir
 
@@ -330,7 +329,7 @@ class TextMapDataModule(L.LightningDataModule):
         if hp.split_file:
             return Path(hp.split_file)
         if hp.corpus == "neuroquery" and self.rule == SplitRule():
-            return Path(str(resources.files("text2brain") / "splits" / "neuroquery-v1.json"))
+            return shipped_neuroquery_split()
         digest = hashlib.sha1(
             json.dumps([asdict(self.rule), self.fingerprint]).encode()
         ).hexdigest()[:12]

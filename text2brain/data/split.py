@@ -23,6 +23,7 @@ import json
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,12 @@ class Split:
                 "for another corpus or corpus version: pass another split file, or delete it to "
                 "build a new split (scores are then not comparable with the old one)."
             )
+
+
+def shipped_neuroquery_split() -> Path:
+    """The split shipped with text2brain for NeuroQuery and the default rule (the released
+    model's split)."""
+    return Path(str(resources.files("text2brain") / "splits" / "neuroquery-v1.json"))
 
 
 def normalise_keyword(keyword: str) -> str:
