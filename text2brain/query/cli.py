@@ -14,6 +14,11 @@ from text2brain.errors import add_debug_option
 from text2brain.query.files import INDEX_FILE, FolderInUse, plan_outputs, write_query_maps
 from text2brain.query.texts import check_queries, read_queries
 
+#: `--meta-analysis` choices (text2brain.interop.nimare.ESTIMATORS, not imported at start).
+ESTIMATOR_CHOICES = ("ale", "mkda")
+#: Default -k: articles listed (--related, --describe), studies meta-analysed.
+LISTED, META_STUDIES = 10, 50
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -79,9 +84,51 @@ def build_parser() -> argparse.ArgumentParser:
         "-k",
         "--top",
         type=_positive_int,
-        default=10,
+        default=None,
         metavar="K",
-        help="articles listed per query or map (default: 10)",
+        help="articles listed per query or map (default: 10), or studies meta-analysed per "
+        "query (default: 50)",
+    )
+    meta = parser.add_argument_group(
+        'meta-analysis of retrieved studies (needs: pip install "text2brain[nimare]")'
+    )
+    meta.add_argument(
+        "--meta-analysis",
+        choices=list(ESTIMATOR_CHOICES),
+        default=None,
+        help="run NiMARE's ALE or MKDA density over the K studies the model retrieves for "
+        "each query, and write the corrected z map, the thresholded map, its PNG and the "
+        "study list beside the query's map (-o, default: the current folder)",
+    )
+    meta.add_argument(
+        "--correction",
+        choices=["fdr", "fwe"],
+        default="fdr",
+        help="fdr (default) or Monte-Carlo voxel-level fwe",
+    )
+    meta.add_argument(
+        "--n-iters",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="Monte-Carlo iterations of --correction fwe (default: NiMARE's, 5000)",
+    )
+    meta.add_argument(
+        "--alpha", type=float, default=0.05, help="corrected p threshold (default: 0.05)"
+    )
+    meta.add_argument(
+        "--n-cores",
+        type=int,
+        default=1,
+        metavar="N",
+        help="cores NiMARE may use (default: 1; -1: all)",
+    )
+    meta.add_argument(
+        "--corpus",
+        default=None,
+        metavar="SPEC",
+        help="where the studies and their peaks come from: a .jsonl file or a pubget folder "
+        "(default: the NeuroQuery corpus at $TEXT2BRAIN_DATA_DIR, its training articles)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: auto)")
     parser.add_argument(
@@ -130,6 +177,26 @@ def query(argv: list[str] | None = None) -> None:
             "no query given: pass queries as arguments or with --queries-file (or maps to "
             "describe with --describe)"
         )
+    if args.meta_analysis is None and args.corpus is not None:
+        _fail("--corpus is for --meta-analysis")
+    if args.meta_analysis is not None:
+        if not queries:
+            _fail("--meta-analysis needs queries")
+        if args.n_iters is not None and args.correction != "fwe":
+            _fail("--n-iters counts Monte-Carlo iterations: it needs --correction fwe")
+        if not 0 < args.alpha < 1:
+            _fail(f"--alpha must be in (0, 1), got {args.alpha}")
+        if args.n_cores == 0 or args.n_cores < -1:
+            _fail(f"--n-cores must be a positive integer or -1, got {args.n_cores}")
+        from text2brain.errors import MissingExtraError
+        from text2brain.interop.nimare import require_nimare
+
+        try:  # before the model loads
+            require_nimare("--meta-analysis")
+        except MissingExtraError as err:
+            _fail(str(err))
+        if args.out_dir is None:
+            args.out_dir = "."
     if queries and args.out_dir is None and not args.related:
         _fail(
             "nothing to do with the queries: give -o/--out-dir to write their maps, or "
@@ -166,12 +233,51 @@ def query(argv: list[str] | None = None) -> None:
                 strict=args.strict,
             )
             _report_maps(written, out_dir)
+            if args.meta_analysis is not None:
+                stems = [
+                    p.name.removesuffix(".nii.gz")
+                    for p in written
+                    if p.suffixes[-2:] == [".nii", ".gz"]
+                ]
+                _meta_analyses(predictor, queries, stems, out_dir, args)
         if args.related and queries:
-            found = [(q, predictor.related_articles(q, args.top)) for q in queries]
+            found = [(q, predictor.related_articles(q, args.top or LISTED)) for q in queries]
             print_articles(found, "query")
     if args.describe:
-        found = [(m, predictor.describe_map(m, args.top)) for m in args.describe]
+        found = [(m, predictor.describe_map(m, args.top or LISTED)) for m in args.describe]
         print_articles(found, "map")
+
+
+def _meta_analyses(
+    predictor: Any, queries: list[str], stems: list[str], out_dir: Path, args: argparse.Namespace
+) -> None:
+    """--meta-analysis: each query's studies meta-analysed, its files written beside its map."""
+    from text2brain.interop.meta import write_meta_analysis
+
+    corpus = None
+    if args.corpus is not None:
+        from text2brain.corpus import load_corpus
+
+        corpus = load_corpus(args.corpus, predictor.space)
+    for query, stem in zip(queries, stems, strict=True):
+        result = predictor.meta_analysis(
+            query,
+            args.top or META_STUDIES,
+            args.meta_analysis,
+            args.correction,
+            corpus=corpus,
+            alpha=args.alpha,
+            n_iters=args.n_iters,
+            n_cores=args.n_cores,
+        )
+        paths = write_meta_analysis(result, out_dir, stem)
+        print(
+            f"{query!r}: {result.settings['estimator']} of {len(result.studies)} studies "
+            f"({result.retrieval}), {result.correction_label}: {result.n_significant:,} "
+            f"significant voxels, Dice with the learned map {result.dice:.3f}"
+        )
+        for path in paths:
+            print(f"  {path}")
 
 
 #: Columns of the article tables that --related and --describe print (after the query / map).

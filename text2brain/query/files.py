@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import re
 import sys
 import warnings
@@ -140,10 +141,15 @@ def write_query_maps(
         warnings.warn("; ".join(unknown), UnknownTokensWarning, stacklevel=2)
     out_dir.mkdir(parents=True, exist_ok=True)
     if existing == "overwrite":
+        from text2brain.interop.meta import META_FILE
+
         for name, _ in previous:
             stem = name.removesuffix(".nii.gz")
             for suffix in (".nii.gz", ".png", ".html"):
                 (out_dir / f"{stem}{suffix}").unlink(missing_ok=True)
+            for meta in out_dir.glob(f"{glob.escape(stem)}_*"):  # --meta-analysis files
+                if META_FILE.fullmatch(meta.name.removeprefix(stem)):
+                    meta.unlink()
         previous = []
     rows = list(previous)
     index = out_dir / INDEX_FILE
