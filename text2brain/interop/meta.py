@@ -306,7 +306,7 @@ def write_meta_analysis(result: MetaAnalysis, out_dir: str | Path, stem: str) ->
         f"{result.query}: {result.settings['estimator']} of {len(result.studies)} studies, "
         f"{result.correction_label}"
     )
-    write_png(result.thresholded_map, title, paths[2])
+    write_png(result.thresholded_map, title, paths[2], threshold=result.settings["z_threshold"])
     with atomic_output(paths[3]) as tmp, tmp.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(STUDY_COLUMNS)

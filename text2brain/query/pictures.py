@@ -21,15 +21,19 @@ def _title(query: str) -> str:
     return query if len(query) <= TITLE_LENGTH else query[: TITLE_LENGTH - 3] + "..."
 
 
-def write_png(image: Any, query: str, path: Path) -> Path:
+def write_png(image: Any, query: str, path: Path, threshold: float | None = None) -> Path:
     """A glass-brain view, drawn on a figure of its own (`new_figure`: no GUI, no leak)."""
     with atomic_output(path) as tmp:
-        save_glass_brain(image, query, tmp)
+        save_glass_brain(image, query, tmp, threshold)
     return path
 
 
-def save_glass_brain(image: Any, query: str, target: Any) -> None:
-    """Draw the glass-brain PNG of `write_png` into a path or a binary file object."""
+def save_glass_brain(image: Any, query: str, target: Any, threshold: float | None = None) -> None:
+    """Draw the glass-brain PNG of `write_png` into a path or a binary file object.
+
+    `threshold`: values at or below it are not drawn (None: nilearn's automatic threshold);
+    a thresholded statistical map gives its threshold, so that its zeros stay transparent.
+    """
     from nilearn import plotting
 
     from text2brain.figures import new_figure
@@ -40,8 +44,9 @@ def save_glass_brain(image: Any, query: str, target: Any) -> None:
         # lacks in a title, and the masked-array note.
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         warnings.filterwarnings("ignore", message=_MASKED_PARTITION)
+        options = {} if threshold is None else {"threshold": threshold}
         plotting.plot_glass_brain(
-            image, figure=figure, title=_title(query), plot_abs=False, colorbar=True
+            image, figure=figure, title=_title(query), plot_abs=False, colorbar=True, **options
         )
         figure.savefig(target, dpi=100, format="png")
     figure.clear()
