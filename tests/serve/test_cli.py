@@ -17,8 +17,8 @@ from urllib.request import urlopen
 import pytest
 
 import text2brain.serve.cli
-from text2brain.checkpoint import DEFAULT_MODEL
 from text2brain.cli import COMMANDS, SUMMARIES, main
+from text2brain.releases import DEFAULT_MODEL
 from text2brain.serve.models import ModelSpec, default_name, load_models, parse_spec, parse_specs
 
 PACKAGE = Path(text2brain.serve.cli.__file__).resolve().parents[1]

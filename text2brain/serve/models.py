@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from text2brain.checkpoint import DEFAULT_MODEL
+from text2brain.releases import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from text2brain.inference import Predictor
