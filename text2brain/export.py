@@ -256,7 +256,8 @@ def export(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="text2brain export",
         description="Write a checkpoint as model.safetensors (weights only) + model.json "
-        "(config), which load_predictor and `text2brain query --ckpt FOLDER` read.",
+        "(config), plus bank.json (the retrieval bank's texts) for a contrastive head, which "
+        "load_predictor and `text2brain query --ckpt FOLDER` read.",
     )
     parser.add_argument("checkpoint", help=".ckpt written by `text2brain fit`")
     parser.add_argument("-o", "--out-dir", required=True, help="export folder (created)")
