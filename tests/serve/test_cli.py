@@ -57,6 +57,13 @@ def test_bad_specs(specs: list[str], error: type, message: str) -> None:
         parse_specs(specs)
 
 
+def test_released_models_by_name(tiny_releases: Path) -> None:
+    assert parse_spec("mnm") == ModelSpec("mnm-tiny", tiny_releases / "mnm-tiny")
+    assert parse_spec("text2brain-tiny").path == tiny_releases / "text2brain-tiny"
+    with pytest.raises(FileNotFoundError, match=r"released model \(mnm-tiny \(mnm\)"):
+        parse_spec("clip")
+
+
 def test_load_models_keeps_the_order(tiny_checkpoint: Path) -> None:
     models = load_models(parse_specs([f"b={tiny_checkpoint}", f"a={tiny_checkpoint}"]), "cpu")
     assert list(models) == ["b", "a"]
