@@ -363,8 +363,8 @@ def read_export(path: Path) -> dict[str, Any]:
     entry (the config) lists them, and `load_predictor` fills them in.
 
     Raises:
-        FileNotFoundError: model.json or model.safetensors is missing.
-        ValueError: not an export, another export format, or a damaged weights file.
+        FileNotFoundError: model.json, model.safetensors or a side file it lists is missing.
+        ValueError: not an export, another export format, or a damaged weights or side file.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
