@@ -1,6 +1,7 @@
 """Shared test fixtures: a small synthetic brain space, random peaks, a generated corpus, the
 NeuroQuery folder, a tiny BERT and its tokenizer, tiny models on one thread, one trained
-Text2Brain checkpoint and the two contrastive heads trained once.
+Text2Brain checkpoint, the two contrastive heads trained once (and once more with their text
+encoder frozen, as a release has it) and tiny released models.
 
 Every test runs offline and with a private cache folder (see `_offline_and_private_cache`).
 The tests of a package's modules live in the matching folder (tests/models/ for
@@ -249,3 +250,51 @@ def contrastive_predictors(contrastive_runs: dict[str, dict[str, Any]]) -> dict[
     return {
         name: load_predictor(run["path"], device="cpu") for name, run in contrastive_runs.items()
     }
+
+
+#: The tiny contrastive heads' text encoder as a release has it: pretrained and all frozen.
+FROZEN_TEXT = {"text": {"pretrained": True, "freeze_embeddings": True, "freeze_layers": 2}}
+
+
+@pytest.fixture(scope="session")
+def frozen_contrastive_runs(
+    tmp_path_factory: pytest.TempPathFactory, data_files: dict[str, str], tiny_bert: Path
+) -> dict[str, dict[str, Any]]:
+    """CLIP and MNM as `contrastive_runs` trains them, their text encoder frozen (`FROZEN_TEXT`),
+    as a contrastive release's is: the material of a release's export."""
+    with torch_threads(1):
+        return {
+            name: train_tiny_contrastive(
+                name,
+                data_files,
+                tmp_path_factory.mktemp(f"frozen-{name}"),
+                tiny_bert,
+                **FROZEN_TEXT,
+            )
+            for name in ("clip", "mnm")
+        }
+
+
+@pytest.fixture(scope="session")
+def tiny_releases_dir(
+    tmp_path_factory: pytest.TempPathFactory,
+    frozen_contrastive_runs: dict[str, dict[str, Any]],
+    tiny_checkpoint: Path,
+) -> Path:
+    """A folder of tiny releases, as checkpoints/ holds the real ones: `mnm-tiny` and
+    `text2brain-tiny`, exports of a frozen MNM and of `tiny_checkpoint`."""
+    from text2brain.export import export_checkpoint
+
+    folder = tmp_path_factory.mktemp("releases")
+    export_checkpoint(frozen_contrastive_runs["mnm"]["path"], folder / "mnm-tiny")
+    export_checkpoint(tiny_checkpoint, folder / "text2brain-tiny")
+    return folder
+
+
+@pytest.fixture
+def tiny_releases(tiny_releases_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`tiny_releases_dir` installed as the released models (text2brain.releases)."""
+    import text2brain.releases
+
+    monkeypatch.setattr(text2brain.releases, "RELEASES_DIR", tiny_releases_dir)
+    return tiny_releases_dir

@@ -254,11 +254,17 @@ def train_tiny_text2brain(folder: Path, encoder: Path, **overrides: object) -> P
 
 
 def train_tiny_contrastive(
-    name: str, files: dict[str, str], folder: Path, encoder: Path, hierarchy_tables: int = 2
+    name: str,
+    files: dict[str, str],
+    folder: Path,
+    encoder: Path,
+    hierarchy_tables: int = 2,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """A contrastive head (CLIP, MNM) fitted 3 bf16 steps on hierarchy batches, validated and
     saved to `folder`: its model (in eval mode), data module, checkpoint path, the values
-    logged at each training step and the metrics after validation."""
+    logged at each training step and the metrics after validation. `overrides` change its
+    tiny init args."""
     import lightning as L
     from model_configs import tiny_model
 
@@ -273,7 +279,7 @@ def train_tiny_contrastive(
 
     data = tiny_datamodule(files, encoder, hierarchy_tables=hierarchy_tables)
     L.seed_everything(0, verbose=False)
-    model = tiny_model(name, encoder)
+    model = tiny_model(name, encoder, **overrides)
     logged = Logged()
     run = quiet_trainer(
         folder, num_sanity_val_steps=0, max_steps=3, precision="bf16-mixed", callbacks=[logged]

@@ -1,8 +1,8 @@
 """`text2brain export`: safetensors + JSON that `load_predictor` and `text2brain query` read.
 
 The registry-parametrised round trip (every head exports and loads back) is in
-models/test_base.py; here: leaving out the unchanged base encoder, half precision, and every
-way an export can be bad.
+models/test_base.py; here: leaving out the unchanged base encoder, half precision, a
+contrastive head's bank in its side file, and every way an export can be bad.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import pytest
 import torch
 from synthetic import train_tiny_text2brain
 
+from text2brain.checkpoint import SIDE_FILES
 from text2brain.cli import main
 from text2brain.export import CONFIG_NAME, WEIGHTS_NAME, export_checkpoint
 from text2brain.inference import CheckpointError, load_predictor
 
 TEXTS = ["working memory", "move the tongue", "pain", "fear of faces in the amygdala"]
+BANK_NAME = SIDE_FILES["bank"]
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +181,74 @@ def test_export_and_query_commands(
     with pytest.raises(SystemExit):
         main(["export", str(tmp_path / "bad.ckpt"), "-o", str(tmp_path / "x")])
     assert "lacks" in capsys.readouterr().err
+
+
+# -- contrastive heads: the bank in a side file, the frozen encoder left out ----------------------
+@pytest.mark.parametrize("name", ["clip", "mnm"])
+def test_contrastive_export_is_compact_and_loads_without_embedding_the_bank(
+    frozen_contrastive_runs: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    run = frozen_contrastive_runs[name]
+    model, folder = run["model"], tmp_path / "export"
+    summary = export_checkpoint(run["path"], folder, dtype="float32")
+    assert sorted(p.name for p in folder.iterdir()) == [BANK_NAME, CONFIG_NAME, WEIGHTS_NAME]
+    assert summary.side_files == {BANK_NAME: (folder / BANK_NAME).stat().st_size}
+    assert summary.total_bytes == sum(p.stat().st_size for p in folder.iterdir())
+    # The frozen text encoder comes from the base encoder, not from the export.
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    assert config["export_format"] == 2 and summary.n_base_encoder_tensors > 0
+    assert all(k.startswith("net.text_encoder.") for k in config["base_encoder"]["keys"])
+    # model.json stays a small config: the bank's texts are in bank.json, its tensors in the
+    # weights (computed embeddings, float16; peaks, float32), and no dense map anywhere.
+    assert config["text2brain"]["bank"] == {"__file__": BANK_NAME}
+    assert set(config["files"]) == {BANK_NAME}
+    assert model.bank.titles[0] not in (folder / CONFIG_NAME).read_text()
+    bank = json.loads((folder / BANK_NAME).read_text(encoding="utf-8"))
+    assert (bank["ids"], bank["titles"]) == (model.bank.ids, model.bank.titles)
+    assert bank["keywords"] == model.bank.keywords
+    from safetensors import safe_open
+
+    with safe_open(folder / WEIGHTS_NAME, "pt") as weights:
+        stored = {k: weights.get_tensor(k) for k in weights.keys()}  # noqa: SIM118
+    in_bank = {k.removeprefix("text2brain/bank/"): v for k, v in stored.items() if "/bank/" in k}
+    assert set(in_bank) == {"embeddings/", "peaks/xyz/", "peaks/offsets/", "peaks/weights/"}
+    assert in_bank["embeddings/"].dtype == torch.float16
+    assert in_bank["peaks/xyz/"].dtype == torch.float32
+    assert not [k for k in stored if k.startswith("state/net.text_encoder.")]
+
+    # Loading neither embeds the bank again nor needs the corpus: the same answers.
+    def refuse(self: Any) -> None:
+        raise AssertionError("the bank was embedded again at load")
+
+    monkeypatch.setattr(type(model), "embed_bank", refuse)
+    predictor = load_predictor(folder, device="cpu")
+    assert predictor.model.bank_fresh
+    assert torch.equal(predictor.model.bank.embeddings, model.bank.embeddings)
+    found = predictor.related_articles("working memory", k=5)
+    (expected,) = model.related_articles(["working memory"], k=5)
+    assert [a.article_id for a in found] == [a.article_id for a in expected]
+    assert np.allclose([a.distance for a in found], [a.distance for a in expected], atol=1e-3)
+    assert np.allclose(predictor.predict_vectors(TEXTS), model.predict_texts(TEXTS), atol=1e-3)
+
+
+def test_bank_side_file_is_checked_and_replaced(
+    frozen_contrastive_runs: dict[str, dict[str, Any]], frozen_checkpoint: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "export"
+    export_checkpoint(frozen_contrastive_runs["mnm"]["path"], folder)
+    damaged = Path(shutil.copytree(folder, tmp_path / "damaged"))
+    text = (damaged / BANK_NAME).read_text(encoding="utf-8")
+    (damaged / BANK_NAME).write_text(text.replace('"titles":["', '"titles":["X'), encoding="utf-8")
+    with pytest.raises(CheckpointError, match="bank.json' does not match the sha256"):
+        load_predictor(damaged, device="cpu")
+    (damaged / BANK_NAME).unlink()
+    with pytest.raises(FileNotFoundError, match="lacks bank.json"):
+        load_predictor(damaged, device="cpu")
+    # Another head exported over it leaves no stale bank behind.
+    export_checkpoint(frozen_checkpoint, folder, overwrite=True)
+    assert not (folder / BANK_NAME).exists()
+    assert "files" in json.loads((folder / CONFIG_NAME).read_text())
+    load_predictor(folder, device="cpu")

@@ -117,7 +117,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "data": ("data",),
     # `checkpoint` reads checkpoints of registered heads, with no Lightning: a head made of
     # other heads (the ensemble) loads them with it.
-    "models": ("models", "checkpoint"),
+    # `releases` names the released models (export folders installed with the package).
+    "models": ("models", "checkpoint", "releases"),
     "apps": (
         "", "__main__", "bench", "callbacks", "cli", "compare", "export", "inference",
         "interop", "legacy_config", "query", "serve", "training",

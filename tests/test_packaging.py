@@ -1,10 +1,10 @@
 """What a wheel and an sdist built from a clean checkout hold.
 
 setup.py finds the packages (so a new subpackage needs no change there) and installs the
-repository's checkpoints/ folder as `text2brain.checkpoints`, of which only the released model
-is package data: the checkpoints and exports that runs write next to it must stay out. The
-builds run on a copy of the files git knows of (tracked, or untracked and not ignored), with
-such run outputs planted in checkpoints/.
+repository's checkpoints/ folder as `text2brain.checkpoints`, of which only the released models
+(the export folders committed there) are package data: the checkpoints and exports that runs
+write next to it must stay out. The builds run on a copy of the files git knows of (tracked,
+or untracked and not ignored), with such run outputs planted in checkpoints/.
 """
 
 from __future__ import annotations
@@ -30,13 +30,8 @@ RUN_OUTPUTS = (
     "checkpoints/my-model/model.safetensors",
     "checkpoints/corpus_mean/__init__.py",
 )
-#: The package's files mapped from checkpoints/ (the released default model).
-RELEASED = {
-    "__init__.py",
-    "README.md",
-    "text2brain-minilm/model.json",
-    "text2brain-minilm/model.safetensors",
-}
+#: The package's own files mapped from checkpoints/, besides the release folders.
+PACKAGE_FILES = {"__init__.py", "README.md"}
 BUILD = """
 import sys
 from setuptools import build_meta
@@ -81,6 +76,23 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def released(checkout: Path) -> set[str]:
+    """What the package must map from checkpoints/: its own files and every file of each
+    release folder that git knows of (a folder holding model.json; run outputs planted in
+    the copy are not known to git)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "checkpoints"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    names = {n.removeprefix("checkpoints/") for n in filter(None, listed.split("\0"))}
+    folders = {n.split("/")[0] for n in names if n.count("/") == 1 and n.endswith("/model.json")}
+    assert "text2brain-minilm" in folders
+    return PACKAGE_FILES | {n for n in names if n.split("/")[0] in folders}
+
+
+@pytest.fixture(scope="module")
 def wheel(checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build(checkout, "wheel", tmp_path_factory.mktemp("wheel"))
 
@@ -90,12 +102,14 @@ def modules(checkout: Path) -> set[str]:
     return {p.relative_to(checkout).as_posix() for p in (checkout / "text2brain").rglob("*.py")}
 
 
-def test_wheel_holds_every_module_and_only_the_released_model(wheel: Path, checkout: Path):
+def test_wheel_holds_every_module_and_only_the_released_models(
+    wheel: Path, checkout: Path, released: set[str]
+) -> None:
     with zipfile.ZipFile(wheel) as built:
         listed = built.namelist()
         names = set(listed)
         entry_points = built.read("text2brain-0.1.0.dist-info/entry_points.txt").decode()
-        released = built.read("text2brain/checkpoints/text2brain-minilm/model.safetensors")
+        default_weights = built.read("text2brain/checkpoints/text2brain-minilm/model.safetensors")
     assert len(names) == len(listed)
     package = {n for n in names if n.startswith("text2brain/")}
     subpackages = {p.parent.as_posix() for p in checkout.glob("text2brain/**/__init__.py")}
@@ -105,16 +119,18 @@ def test_wheel_holds_every_module_and_only_the_released_model(wheel: Path, check
         f"text2brain/splits/{p.name}" for p in (checkout / "text2brain" / "splits").glob("*.json")
     }
     mapped = {n.removeprefix("text2brain/checkpoints/") for n in package if "/checkpoints/" in n}
-    assert mapped == RELEASED  # no run's checkpoint or export, however named
+    # Every committed release (pyproject.toml's package data names each), no run's checkpoint
+    # or export, however named.
+    assert mapped == released
     model = checkout / "checkpoints" / "text2brain-minilm" / "model.safetensors"
-    assert released == model.read_bytes()
+    assert default_weights == model.read_bytes()
     others = names - package
     assert all(n.startswith("text2brain-0.1.0.dist-info/") for n in others), sorted(others)
     assert "text2brain = text2brain.cli:main" in entry_points
 
 
 def test_sdist_holds_the_sources_and_builds_the_same_wheel(
-    wheel: Path, checkout: Path, tmp_path_factory: pytest.TempPathFactory
+    wheel: Path, checkout: Path, released: set[str], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The sdist (what `pip install` of a source release builds from) has the package, the
     released model and the build files, no run outputs, and gives the same wheel."""
@@ -125,7 +141,7 @@ def test_sdist_holds_the_sources_and_builds_the_same_wheel(
     assert {"setup.py", "pyproject.toml", "README.md"} <= names
     assert modules(checkout) <= names
     stored = {n.removeprefix("checkpoints/") for n in names if n.startswith("checkpoints/")}
-    assert stored == RELEASED  # no run's outputs
+    assert stored == released  # no run's outputs
     (unpacked,) = [p for p in out.iterdir() if p.is_dir()]
     again = build(unpacked, "wheel", tmp_path_factory.mktemp("again"))
     with zipfile.ZipFile(wheel) as first, zipfile.ZipFile(again) as second:

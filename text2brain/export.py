@@ -16,7 +16,13 @@ it. A release needs neither. An export is a folder with
   not fit float16, which stay float32 and are listed in the config.
 - `model.json`: the head's hyper-parameters, its grid and mask, the checkpoint format, the
   export format, the provenance (source file, step, validation score) and the sha256 of the
-  weights file.
+  weights file and of each side file.
+- side files (`SIDE_FILES`): JSON files for the large non-tensor parts of a head's text2brain
+  section, so model.json stays a small config that lists the releases quickly. A contrastive
+  head's retrieval bank goes to `bank.json`: its article ids, titles and keywords as compact
+  JSON, its tensors (embeddings, already computed and float16; peak coordinates, float32 so
+  the maps it rebuilds are the training ones) in model.safetensors under `text2brain/bank/`.
+  No dense maps: the bank rebuilds them from the peaks.
 
 Text-encoder weights equal to the installed base encoder's (a frozen encoder, frozen
 embeddings) are left out. The config records which ones, with a fingerprint of their values.
@@ -40,8 +46,10 @@ from text2brain import __version__
 from text2brain.checkpoint import (
     CONFIG_NAME,
     EXPORT_FORMAT,
+    FILE_REFERENCE,
     FORMAT_NAME,
     SECTION_PREFIX,
+    SIDE_FILES,
     STATE_PREFIX,
     WEIGHTS_NAME,
     build_model,
@@ -68,12 +76,16 @@ class ExportSummary:
     n_base_encoder_tensors: int  # left out: equal to the installed base encoder's
     weights_bytes: int
     kept_float32: list[str]  # floating tensors outside float16's range
+    side_files: dict[str, int]  # name -> bytes
+    total_bytes: int  # every file of the export
 
     def describe(self) -> str:
         kept = f"; kept in float32 (outside float16's range): {self.kept_float32}"
+        sides = "".join(f", {name} ({size / 1e6:.1f} MB)" for name, size in self.side_files.items())
         return (
             f"wrote {self.directory / WEIGHTS_NAME} ({self.weights_bytes / 1e6:.1f} MB, "
-            f"{self.n_tensors} tensors) and {self.directory / CONFIG_NAME}; "
+            f"{self.n_tensors} tensors){sides} and {self.directory / CONFIG_NAME}, "
+            f"{self.total_bytes / 1e6:.1f} MB in all; "
             f"{self.n_base_encoder_tensors} base-encoder tensors left out (taken from the "
             f"installed encoder when loading){kept if self.kept_float32 else ''}"
         )
@@ -141,6 +153,10 @@ def export_checkpoint(
         if kept:
             kept_float32.append(key)
     section = _to_json(ckpt["text2brain"], SECTION_PREFIX, tensors)
+    side_files = {SIDE_FILES[key]: section.pop(key) for key in list(section) if key in SIDE_FILES}
+    section.update(
+        {key: {FILE_REFERENCE: name} for key, name in SIDE_FILES.items() if name in side_files}
+    )
     hyper_parameters = ckpt["hyper_parameters"]
     try:
         json.dumps(hyper_parameters)
@@ -154,6 +170,10 @@ def export_checkpoint(
     weights_path = out / WEIGHTS_NAME
     with atomic_output(weights_path) as tmp:
         save_file(tensors, tmp, metadata={"format": FORMAT_NAME})
+    for name, value in side_files.items():  # compact: these are data, not a config to read
+        write_text(out / name, json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    for name in set(SIDE_FILES.values()) - set(side_files):  # a previous export's, now stale
+        (out / name).unlink(missing_ok=True)
     config = {
         "format": FORMAT_NAME,
         "export_format": EXPORT_FORMAT,
@@ -163,6 +183,7 @@ def export_checkpoint(
         "hyper_parameters": hyper_parameters,
         "text2brain": section,
         "weights": {"file": WEIGHTS_NAME, "sha256": file_sha256(weights_path), "dtype": dtype},
+        "files": {name: file_sha256(out / name) for name in side_files},
         "base_encoder": (
             {"keys": base_keys, "fingerprint": state_fingerprint(base_state, base_keys)}
             if base_keys
@@ -171,8 +192,15 @@ def export_checkpoint(
         "source": _provenance(path, ckpt),
     }
     write_text(out / CONFIG_NAME, json.dumps(config, indent=1) + "\n")
+    written = [weights_path, out / CONFIG_NAME, *(out / name for name in side_files)]
     return ExportSummary(
-        out, len(tensors), len(base_keys), weights_path.stat().st_size, kept_float32
+        out,
+        len(tensors),
+        len(base_keys),
+        weights_path.stat().st_size,
+        kept_float32,
+        {name: (out / name).stat().st_size for name in side_files},
+        sum(path.stat().st_size for path in written),
     )
 
 
@@ -228,7 +256,8 @@ def export(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="text2brain export",
         description="Write a checkpoint as model.safetensors (weights only) + model.json "
-        "(config), which load_predictor and `text2brain query --ckpt FOLDER` read.",
+        "(config), plus bank.json (the retrieval bank's texts) for a contrastive head, which "
+        "load_predictor and `text2brain query --ckpt FOLDER` read.",
     )
     parser.add_argument("checkpoint", help=".ckpt written by `text2brain fit`")
     parser.add_argument("-o", "--out-dir", required=True, help="export folder (created)")

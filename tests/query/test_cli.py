@@ -222,3 +222,68 @@ def test_describe_errors_name_the_file(
     assert f"'{nan_file}' has NaN" in query_error([*run, *good_files, nan_file])
     assert f"'{two}' holds 2 volumes" in query_error([*run, two])
     assert f"'{notes}' is not a readable NIfTI image" in query_error([*run, notes])
+
+
+# -- released models by name (--model) ----------------------------------------------------------
+def test_query_a_released_model_by_name(
+    tiny_releases: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--model takes a release's folder name or its head's name: maps, related articles and
+    a described map, as with --ckpt and the export folder."""
+    export = tiny_releases / "mnm-tiny"
+    predictor = load_predictor(export, device="cpu")
+    image = tmp_path / "map.nii.gz"
+    predictor.space.to_nifti(predictor.model.bank.render([0])[0].numpy()).to_filename(image)
+    main(["query", "pain", "--model", "mnm", "--related", "-k", "3", "--describe", str(image)])
+    by_name = capsys.readouterr().out
+    main(["query", "pain", "--ckpt", str(export), "--related", "-k", "3", "--describe", str(image)])
+    assert by_name == capsys.readouterr().out and len(by_name.splitlines()) == 8
+    assert by_name.splitlines()[1].split("\t")[2] == (
+        predictor.related_articles("pain", k=3)[0].article_id
+    )
+    main(["query", "pain", "--model", "mnm-tiny", "-o", str(tmp_path / "maps")])
+    written = nib.load(tmp_path / "maps" / "000_pain.nii.gz").get_fdata()
+    expected = predictor.space.to_nifti(predictor.predict_vectors(["pain"])[0]).get_fdata()
+    assert np.allclose(written, expected, atol=1e-6)
+
+
+def test_model_and_ckpt_exclude_each_other_and_unknown_names_fail(
+    tiny_releases: Path,
+    tiny_checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
+    query_error: Callable[[list[str]], str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["query", "pain", "--related", "--model", "mnm", "--ckpt", str(tiny_checkpoint)])
+    assert info.value.code == 2
+    assert "argument --ckpt: not allowed with argument --model" in capsys.readouterr().err
+    error = query_error(["query", "pain", "--related", "--model", "clip"])
+    assert "--model 'clip': no released model is named 'clip'" in error
+    assert "mnm-tiny (mnm), text2brain-tiny (text2brain)" in error
+    with pytest.raises(SystemExit):
+        main(["query", "--help"])
+    assert "mnm-tiny (mnm), text2brain-tiny" in " ".join(capsys.readouterr().out.split())
+
+
+def test_query_an_export_in_a_new_process_without_corpus_or_network(
+    tiny_releases: Path, tmp_path: Path
+) -> None:
+    """As after `pip install`: a contrastive export answers with no data folder, offline."""
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TEXT2BRAIN_DATA_DIR": str(tmp_path / "no-data-here"),
+    }
+    export = str(tiny_releases / "mnm-tiny")
+    command = [sys.executable, "-m", "text2brain", "query", "pain", "--related", "-k", "2"]
+    result = subprocess.run(
+        [*command, "--ckpt", export, "-o", str(tmp_path / "maps")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\npain\t") == 2
+    assert (tmp_path / "maps" / "000_pain.nii.gz").is_file()

@@ -17,8 +17,8 @@ from urllib.request import urlopen
 import pytest
 
 import text2brain.serve.cli
-from text2brain.checkpoint import DEFAULT_MODEL
 from text2brain.cli import COMMANDS, SUMMARIES, main
+from text2brain.releases import DEFAULT_MODEL
 from text2brain.serve.models import ModelSpec, default_name, load_models, parse_spec, parse_specs
 
 PACKAGE = Path(text2brain.serve.cli.__file__).resolve().parents[1]
@@ -55,6 +55,13 @@ def test_specs_and_names(tmp_path: Path) -> None:
 def test_bad_specs(specs: list[str], error: type, message: str) -> None:
     with pytest.raises(error, match=re.escape(message)):
         parse_specs(specs)
+
+
+def test_released_models_by_name(tiny_releases: Path) -> None:
+    assert parse_spec("mnm") == ModelSpec("mnm-tiny", tiny_releases / "mnm-tiny")
+    assert parse_spec("text2brain-tiny").path == tiny_releases / "text2brain-tiny"
+    with pytest.raises(FileNotFoundError, match=r"released model \(mnm-tiny \(mnm\)"):
+        parse_spec("clip")
 
 
 def test_load_models_keeps_the_order(tiny_checkpoint: Path) -> None:

@@ -10,6 +10,7 @@ BENCHMARKS = {
     "data": "text2brain.bench.data",
     "inference": "text2brain.bench.inference",
     "serve": "text2brain.bench.serve",
+    "export": "text2brain.bench.export",
 }
 
 

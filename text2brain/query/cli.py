@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from text2brain.errors import add_debug_option
 from text2brain.query.files import INDEX_FILE, FolderInUse, plan_outputs, write_query_maps
 from text2brain.query.texts import check_queries, read_queries
+from text2brain.releases import UnknownReleaseError, describe_releases, resolve_release
 
 #: `--meta-analysis` choices (text2brain.interop.nimare.ESTIMATORS, not imported at start).
 ESTIMATOR_CHOICES = ("ale", "mkda")
@@ -41,10 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse queries made mostly of tokens unknown to the tokenizer (default: warn)",
     )
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--ckpt",
         default=None,
-        help="checkpoint written by `text2brain fit` (default: the released model)",
+        help="checkpoint written by `text2brain fit`, or an export folder (default: the "
+        "released default model)",
+    )
+    which.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="a released model, by its name or its head's name (mnm-minilm, or mnm); "
+        "installed: " + describe_releases().replace("%", "%%"),
     )
     parser.add_argument(
         "-o", "--out-dir", default=None, help="folder to write the maps to (no maps without it)"
@@ -202,6 +212,10 @@ def query(argv: list[str] | None = None) -> None:
             "nothing to do with the queries: give -o/--out-dir to write their maps, or "
             "--related to list related training articles"
         )
+    try:  # a released model by name; --ckpt is always a path, never a name
+        model = resolve_release(args.model) if args.model else args.ckpt and Path(args.ckpt)
+    except UnknownReleaseError as err:
+        _fail(f"--model {args.model!r}: {err}")
     out_dir = None if args.out_dir is None else Path(args.out_dir)
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         _fail(f"output folder {str(out_dir)!r} exists and is not a folder")
@@ -216,7 +230,7 @@ def query(argv: list[str] | None = None) -> None:
 
     from text2brain.inference import UnknownTokensWarning, load_predictor
 
-    predictor = load_predictor(args.ckpt, device=args.device, precision=args.precision)
+    predictor = load_predictor(model, device=args.device, precision=args.precision)
     for line in check_queries(predictor, queries, labels, args.strict):  # all at once
         print(f"text2brain query: warning: {line}", file=sys.stderr)
     with warnings.catch_warnings():  # the lines above said it, naming files and lines

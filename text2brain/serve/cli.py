@@ -8,8 +8,8 @@ import sys
 import time
 from importlib.util import find_spec
 
-from text2brain.checkpoint import DEFAULT_MODEL
 from text2brain.errors import add_debug_option
+from text2brain.releases import DEFAULT_MODEL
 
 #: The `web` extra's modules (import name -> what pip installs).
 WEB_MODULES = {"starlette": "starlette", "uvicorn": "uvicorn", "multipart": "python-multipart"}

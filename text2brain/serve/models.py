@@ -2,7 +2,8 @@
 
 A spec is ``NAME=PATH``, a ``PATH`` (a `.ckpt` file or an export folder; its name is the file
 stem or folder name, and a checkpoint called best or last is named after its folder too, as
-``clip-best``), or the released model's name (`DEFAULT_MODEL`). No spec: the released model.
+``clip-best``), or a released model's name (text2brain.releases: its folder's name, as
+`DEFAULT_MODEL`, or its head's, as ``mnm``). No spec: the released default model.
 Names are what the API's ``model=`` parameter and the page's selector use; a request never
 names a file.
 """
@@ -15,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from text2brain.checkpoint import DEFAULT_MODEL
+from text2brain.releases import (
+    DEFAULT_MODEL,
+    RELEASE_NAME,
+    UnknownReleaseError,
+    describe_releases,
+    resolve_release,
+)
 
 if TYPE_CHECKING:
     from text2brain.inference import Predictor
@@ -43,11 +50,17 @@ def parse_spec(spec: str) -> ModelSpec:
         return ModelSpec(name, Path(path).expanduser())
     if spec == DEFAULT_MODEL:
         return ModelSpec(DEFAULT_MODEL, None)
+    if RELEASE_NAME.fullmatch(spec):  # a released model, by its name or its head's
+        try:
+            release = resolve_release(spec)
+            return ModelSpec(release.name, release)
+        except UnknownReleaseError:
+            pass
     path = Path(spec).expanduser()
     if not path.exists():
         raise FileNotFoundError(
             f"--model {spec!r}: no such checkpoint or export folder; give NAME=PATH, a PATH "
-            f"or {DEFAULT_MODEL} (the released model)"
+            f"or a released model ({describe_releases()})"
         )
     return ModelSpec(default_name(path), path)
 

@@ -67,17 +67,7 @@ class RetrievalBankMixin:
         datamodule = getattr(self._trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "article_peaks"):
             return
-        ids, *peaks = datamodule.article_peaks("train")
-        corpus = datamodule.corpus
-        articles = [corpus.articles[corpus.index_of(i)] for i in ids]
-        self.bank = RetrievalBank.from_peaks(
-            ids,
-            tuple(peaks),
-            [a.title for a in articles],
-            [list(a.keywords) for a in articles],
-            datamodule.space,
-            datamodule.hparams.fwhm,
-        )
+        self.bank = training_bank(datamodule)
         self.bank_fresh = False
 
     def refresh_bank(self) -> None:
@@ -217,6 +207,22 @@ class RetrievalBankMixin:
     def nearest(bank: RetrievalBank, distance: Tensor, k: int) -> list[list[RelatedArticle]]:
         nearest, indices = distance.float().topk(min(k, len(bank)), dim=1, largest=False)
         return bank.articles(indices.cpu(), nearest.cpu())
+
+
+def training_bank(datamodule: Any) -> RetrievalBank:
+    """The bank (without embeddings) of a `TextMapDataModule`'s training articles: their ids,
+    titles, keywords and peaks, rendered as the data module renders them."""
+    ids, *peaks = datamodule.article_peaks("train")
+    corpus = datamodule.corpus
+    articles = [corpus.articles[corpus.index_of(i)] for i in ids]
+    return RetrievalBank.from_peaks(
+        ids,
+        tuple(peaks),
+        [a.title for a in articles],
+        [list(a.keywords) for a in articles],
+        datamodule.space,
+        datamodule.hparams.fwhm,
+    )
 
 
 def check_k(k: int) -> None:
