@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +31,10 @@ from text2brain.data.sampling import Pair, TextSampler
 from text2brain.data.split import Split, SplitRule, load_or_make_split, shipped_neuroquery_split
 from text2brain.outputs import atomic_output
 from text2brain.paths import cache_dir
+
+#: The article texts a closed-form fit can pair with the article's map (`article_texts`): the
+#: sampler's sources that are fixed texts (discussion subsets are drawn at random).
+FIT_SOURCES = ("title", "keyword", "abstract")
 
 STAGES = ("train", "val", "test")
 
@@ -420,6 +425,40 @@ class TextMapDataModule(L.LightningDataModule):
             )
             maps = maps[rows]
         return [titles[i] for i in rows], maps
+
+    def article_texts(
+        self, stage: str, sources: Sequence[str] = ("title",)
+    ) -> tuple[list[str], np.ndarray]:
+        """(texts, rows) of a split's articles: every text of the given `sources` ("title",
+        "keyword": each keyword, "abstract"), text i belonging to the article whose map is
+        row ``rows[i]`` of `article_maps` (stage). What closed-form fits on several texts per
+        article read (the text -> map readouts); the articles with none of these texts are
+        counted in one warning."""
+        unknown = sorted(set(sources) - set(FIT_SOURCES))
+        if unknown or not sources:
+            raise ValueError(f"sources must be some of {FIT_SOURCES}, got {list(sources)}")
+        self.setup()
+        texts, rows = [], []
+        for row, index in enumerate(self.indices_of(stage)):
+            article = self.corpus.articles[index]
+            found = {
+                "title": [article.title],
+                "keyword": list(article.keywords),
+                "abstract": [article.abstract],
+            }
+            for source in sources:
+                for text in found[source]:
+                    if text and text.strip():
+                        texts.append(text)
+                        rows.append(row)
+        rows = np.asarray(rows, dtype=np.int64)
+        missing = len(self.indices_of(stage)) - len(np.unique(rows))
+        if missing:
+            warnings.warn(
+                f"{missing:,} {stage} articles have no {'/'.join(sources)} text and are left out",
+                stacklevel=2,
+            )
+        return texts, rows
 
     def article_peaks(self, stage: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
         """(ids, xyz, offsets, weights): what rebuilds a split's article maps (`article_maps`).

@@ -28,6 +28,7 @@ MODELS: dict[str, str] = {
     "neuroquery": "text2brain.models.neuroquery.NeuroQuery",
     "neurosynth": "text2brain.models.neurosynth.Neurosynth",
     "retrieval": "text2brain.models.retrieval.Retrieval",
+    "text_ridge": "text2brain.models.text_ridge.TextRidge",
     "ensemble": "text2brain.models.ensemble.Ensemble",
 }
 

@@ -18,7 +18,7 @@ from text2brain.models.formats import upgrade_checkpoint
 #: Arguments that only matter for training (the optimisation settings, what Text2Brain's
 #: targets and readout fit are): a checkpoint's hyper-parameters hold them, and an inference
 #: class ignores them.
-TRAINING_HPARAMS = ("optim", "target_transform", "readout_alpha")
+TRAINING_HPARAMS = ("optim", "target_transform", "readout_alpha", "readout_sources")
 
 
 class BrainMapHead(nn.Module):

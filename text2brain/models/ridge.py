@@ -137,25 +137,33 @@ class _CentredSpectrum:
             errors.append(float((residual / (1.0 - leverage)[:, None]).square().mean()))
         return errors
 
-    def coefficients(self, targets: Tensor, target_mean: Tensor, alpha: float) -> Tensor:
-        """B (p, m) float32 for all `targets` (n, m) at `alpha`, chunk by chunk of targets.
+    def coefficients(
+        self, targets: Tensor, target_mean: Tensor, alpha: float, rows: Tensor | None = None
+    ) -> Tensor:
+        """B (p, m) float32 for all `targets` at `alpha`, chunk by chunk of targets.
 
         Dense: B = [V diag(s / (s2 + alpha))] U^T Yc. Sparse: B = [V diag(1 / (s2 + alpha))
         V^T] (X^T Y - (X^T 1) ybar^T), a sparse product rather than a dense (n, p) one. The
         bracket is formed in `dtype`, the products over targets in float32.
+
+        `targets` is (n, m), or with `rows` (n,) the distinct targets, sample i's being
+        ``targets[rows[i]]`` (dense features only): U's rows of the samples that share a
+        target are summed first, U^T Y[rows] = (A^T U)^T Y with A the sample -> target
+        incidence, so the repeated targets are never copied.
         """
         if self.sparse:  # (Xc^T Xc + alpha I)^-1, (p, p)
             solve = ((self.vectors * (1.0 / (self.s2 + alpha))) @ self.vectors.T).float()
         else:  # (p, k)
             solve = (self.vectors * (self.singular / (self.s2 + alpha))).float()
+        left = self.transposed if self.sparse else self.left.T  # (p or k, n)
+        row_sums = self.column_sums if self.sparse else self.left.sum(0)
+        if rows is not None:  # dense only (fit_ridge checks): sum U's rows per target
+            left = torch.zeros(len(targets), self.left.shape[1]).index_add_(0, rows, self.left).T
         coef = torch.empty(self.p, targets.shape[1])
         for start in range(0, targets.shape[1], _CHUNK):
             part = slice(start, start + _CHUNK)
-            if self.sparse:
-                rhs = self.transposed @ targets[:, part].float().contiguous()
-                rhs -= self.column_sums[:, None] * target_mean[part].float()[None, :]
-            else:
-                rhs = self.left.T @ (targets[:, part].float() - target_mean[part].float())
+            rhs = left @ targets[:, part].float().contiguous()
+            rhs -= row_sums[:, None] * target_mean[part].float()[None, :]
             coef[:, part] = solve @ rhs
         return coef
 
@@ -183,6 +191,7 @@ def fit_ridge(
     seed: int = 0,
     rank: int | None = None,
     dtype: torch.dtype = torch.float32,
+    target_rows: Tensor | np.ndarray | None = None,
 ) -> RidgeFit:
     """Ridge of every target column on `features`, one alpha for all by leave-one-out.
 
@@ -198,6 +207,9 @@ def fit_ridge(
             keeps all.
         dtype: torch.float32 or torch.float64, the precision of the spectrum and of the
             leave-one-out errors; the coefficients are float32 either way.
+        target_rows: (n,) ints: sample i's target is ``targets[target_rows[i]]``, so many
+            samples can share one target (several texts of one article) without a copy of
+            the repeated rows; None: row i of `targets` (then (n, m)). Dense features only.
 
     Warns (`warnings.warn`) when the chosen alpha is the smallest or the largest of a grid of
     more than one.
@@ -222,7 +234,19 @@ def fit_ridge(
             f"{tuple(features.shape)} and {tuple(targets.shape)}"
         )
     n, p = features.shape
-    if targets.shape[0] != n:
+    rows = None
+    if target_rows is not None:
+        if sp.issparse(features):
+            raise ValueError("target_rows needs dense features; give sparse ones one row each")
+        rows = torch.as_tensor(np.asarray(target_rows)).long()
+        if rows.shape != (n,):
+            raise ValueError(
+                f"target_rows must have one entry per feature row ({n}), got "
+                f"shape {tuple(rows.shape)}"
+            )
+        if n and (rows.min() < 0 or rows.max() >= targets.shape[0]):
+            raise ValueError(f"target_rows must index the {targets.shape[0]} targets' rows")
+    elif targets.shape[0] != n:
         raise ValueError(f"features have {n} rows but targets have {targets.shape[0]}")
     if n < 2:
         raise ValueError(f"ridge regression needs at least 2 samples, got {n}")
@@ -234,19 +258,33 @@ def fit_ridge(
     spectrum = _CentredSpectrum(features, dtype)
     scale = float(spectrum.s2.sum()) / min(n, p) if relative else 1.0
     absolute = [a * scale for a in alphas]
-    # ybar in float64 row block by row block, not through a float64 copy of all targets.
-    target_mean = sum(block.double().sum(0) for block in targets.split(1024)) / n
+    # ybar in float64 row block by row block, not through a float64 copy of all targets; with
+    # target_rows each target counts as often as samples share it.
+    counts = None if rows is None else torch.bincount(rows, minlength=len(targets)).double()
+    target_mean = (
+        sum(
+            (
+                block.double()
+                if counts is None
+                else counts[start : start + 1024, None] * block.double()
+            ).sum(0)
+            for start, block in zip(range(0, len(targets), 1024), targets.split(1024), strict=True)
+        )
+        / n
+    )
     columns = torch.arange(targets.shape[1])
     if loo_voxels is not None and loo_voxels < targets.shape[1]:
         generator = torch.Generator().manual_seed(seed)
         columns = torch.randperm(targets.shape[1], generator=generator)[:loo_voxels].sort().values
     sample = targets if len(columns) == targets.shape[1] else targets[:, columns]
+    if rows is not None:
+        sample = sample[rows]
     errors = spectrum.loo_errors(sample.to(dtype) - target_mean[columns].to(dtype), absolute)
     best = int(np.argmin(errors))
     if len(alphas) > 1 and alphas[best] in (min(alphas), max(alphas)):
         _warn_edge(alphas, best, relative, scale)
 
-    coef = spectrum.coefficients(targets, target_mean, absolute[best])
+    coef = spectrum.coefficients(targets, target_mean, absolute[best], rows)
     factors = None
     if rank is not None and rank < p:
         factors = spectrum.reduce_rank(coef, rank)

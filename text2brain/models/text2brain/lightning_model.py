@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from text2brain.models.ridge import RELATIVE_ALPHAS, fit_ridge
+from text2brain.models.ridge import RELATIVE_ALPHAS
 from text2brain.models.settings import DecoderSettings, OptimSettings, TextEncoderSettings
 from text2brain.models.targets import parse_transform, transform_targets
 from text2brain.models.text2brain.torch_model import Text2BrainMaths
@@ -55,6 +53,8 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
         readout_alpha: the readout's ridge penalty, in units of the mean squared singular
             value of the centred title embeddings; None chooses it by leave-one-out squared
             error over text2brain.models.ridge.RELATIVE_ALPHAS (1e-3 .. 10).
+        readout_sources: the training texts the readout is fitted on, each paired with its
+            article's map: "title", "keyword" (each keyword) and "abstract".
     """
 
     def __init__(
@@ -68,6 +68,7 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
         readout: str = "ridge",
         readout_rank: int | None = 32,
         readout_alpha: float | None = None,
+        readout_sources: Sequence[str] = ("title",),
     ) -> None:
         super().__init__(text=text, optim=optim)
         parse_transform(target_transform)  # a bad name fails here, not at fit
@@ -75,6 +76,7 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
         if readout_alpha is not None and not readout_alpha > 0:
             raise ValueError(f"readout_alpha must be > 0 or null, got {readout_alpha}")
         self.readout_alpha = readout_alpha
+        self.readout_sources = tuple(readout_sources)
         self.configure(text, decoder, target_normalisation, residual, readout, readout_rank)
 
     def on_fit_start(self) -> None:
@@ -93,35 +95,15 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
         if self.readout == "ridge":
             self.fit_readout()
 
-    @torch.no_grad()
-    def fit_readout(self, batch_size: int = 128) -> None:
-        """Fit the ridge readout on the training titles (the evaluation texts are titles)."""
-        titles, maps = self.trainer.datamodule.titled_article_maps("train")
-        embeddings = self.encode_texts(titles, batch_size).cpu()
-        # `maps` is already an in-memory copy (1.2 GB on NeuroQuery): normalised in place, block
-        # by block, rather than copied again.
-        targets = torch.from_numpy(np.asarray(maps, np.float32))
-        for block in targets.split(1024):
-            block.copy_(self.normalise_target(block))
+    def fit_readout(self) -> None:
+        """Fit the ridge readout on the training articles' `readout_sources` texts."""
+        datamodule = self.trainer.datamodule
+        _, maps = datamodule.article_maps("train")
+        targets = self.training_targets(maps)
         if self.residual:
             targets -= self.mean_map.cpu()
-        fit = fit_ridge(
-            embeddings,
-            targets,
-            RELATIVE_ALPHAS if self.readout_alpha is None else [self.readout_alpha],
-            relative=True,
-            loo_voxels=4096,
-            rank=self.readout_in.shape[1],
-            dtype=torch.float64,
-        )
-        weight_in, weight_out = fit.factored()
-        self.readout_in.copy_(weight_in)
-        self.readout_out.copy_(weight_out)
-        self.readout_bias.copy_(fit.intercept)
-        rank_zero_info(
-            f"ridge readout fitted on {len(titles):,} training titles (alpha {fit.alpha:.3g}, "
-            f"rank {self.readout_in.shape[1]})"
-        )
+        alphas = RELATIVE_ALPHAS if self.readout_alpha is None else [self.readout_alpha]
+        self.fit_readout_on(datamodule, targets, self.readout_sources, alphas)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         return self.masked_maps(self.text_features(batch))

@@ -20,6 +20,7 @@ from text2brain.brain import BrainSpace
 from text2brain.models.decoders import Text2BrainDecoder
 from text2brain.models.encoders import TextEncoder
 from text2brain.models.head import BrainMapHead
+from text2brain.models.readout import RidgeReadout
 from text2brain.models.settings import (
     DecoderSettings,
     TextEncoderSettings,
@@ -79,7 +80,7 @@ def check_options(target_normalisation: str, readout: str, readout_rank: int | N
         raise ValueError(f"readout_rank must be a positive int or null, got {readout_rank!r}")
 
 
-class Text2BrainMaths:
+class Text2BrainMaths(RidgeReadout):
     """The Text2Brain computation, mixed into a `BrainMapHead` (see Text2Brain).
 
     texts -> `text_embedding` (the encoder's tokens and vector) -> `masked_maps` (decoder + ridge
@@ -119,10 +120,7 @@ class Text2BrainMaths:
             nn.init.zeros_(output.weight)
             nn.init.zeros_(output.bias)
         if self.readout == "ridge":
-            rank = min(self.readout_rank or text_encoder.dim, text_encoder.dim)
-            self.register_buffer("readout_in", torch.zeros(text_encoder.dim, rank))
-            self.register_buffer("readout_out", torch.zeros(rank, space.n_voxels))
-            self.register_buffer("readout_bias", torch.zeros(space.n_voxels))
+            self.build_readout(text_encoder.dim, space.n_voxels, self.readout_rank)
 
     def text_embedding(self, batch: dict[str, Any]) -> Tensor:
         """(batch, dim) text embeddings of a batch (its `tokens`, else its raw `text`)."""
@@ -136,9 +134,7 @@ class Text2BrainMaths:
         """(batch, n_voxels) float32 maps from text embeddings: decoder + readout + mean map."""
         maps = self.to_masked(self.net.decoder(embedding)).float()
         if self.readout == "ridge":
-            maps = (
-                maps + (embedding.float() @ self.readout_in) @ self.readout_out + self.readout_bias
-            )
+            maps = maps + self.readout_maps(embedding)
         return maps + self.mean_map if self.residual else maps
 
     @torch.inference_mode()

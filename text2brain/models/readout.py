@@ -1,0 +1,91 @@
+"""`RidgeReadout`: text embeddings -> maps by a reduced-rank ridge, fitted in closed form.
+
+Why a mixin: the Text2Brain head adds it to its decoder's output (and fits it before any
+step), and the text-ridge head (text2brain.models.text_ridge) is nothing else. Both keep the
+same buffers (`mean_map`, `readout_in`, `readout_out`, `readout_bias`), so the fit, the maths
+and the checkpoint layout are written once. The solver is text2brain.models.ridge.
+
+The mixin needs from its head: `encode_texts` (text2brain.models.text_head.TextEncoderHead)
+and `normalise_target` (the head's target scale and transform).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from text2brain.models.ridge import RidgeFit, fit_ridge
+
+
+class RidgeReadout:
+    """A rank-limited linear map from a text embedding (batch, dim) to maps (batch, n_voxels),
+    over the training-mean map; mixed into a `TextEncoderHead`."""
+
+    mean_map: Tensor  # (n_voxels,)
+    readout_in: Tensor  # (dim, rank)
+    readout_out: Tensor  # (rank, n_voxels)
+    readout_bias: Tensor  # (n_voxels,)
+
+    def build_readout(self, dim: int, n_voxels: int, rank: int | None) -> None:
+        """Zero buffers of a readout of `rank` directions (None: `dim`, the full rank)."""
+        rank = min(rank or dim, dim)
+        self.register_buffer("readout_in", torch.zeros(dim, rank))
+        self.register_buffer("readout_out", torch.zeros(rank, n_voxels))
+        self.register_buffer("readout_bias", torch.zeros(n_voxels))
+
+    def readout_buffers(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The fitted buffers: (readout_in, readout_out, readout_bias)."""
+        return self.readout_in, self.readout_out, self.readout_bias
+
+    def readout_maps(self, embedding: Tensor) -> Tensor:
+        """(batch, n_voxels) float32: the readout of (batch, dim) embeddings, without the mean."""
+        return (embedding.float() @ self.readout_in) @ self.readout_out + self.readout_bias
+
+    @torch.no_grad()
+    def training_targets(self, maps: np.ndarray) -> Tensor:
+        """The head's targets (n, n_voxels) float32 of raw article maps: normalised and
+        transformed by the head (`normalise_target`), in place block by block, since `maps`
+        is already an in-memory copy (1.2 GB on NeuroQuery)."""
+        targets = torch.from_numpy(np.asarray(maps, np.float32))
+        for block in targets.split(1024):
+            block.copy_(self.normalise_target(block))
+        return targets
+
+    @torch.no_grad()
+    def fit_readout_on(
+        self,
+        datamodule: Any,
+        targets: Tensor,
+        sources: Sequence[str],
+        alphas: Sequence[float],
+    ) -> RidgeFit:
+        """Fit the readout on the training split's texts of `sources`, each paired with its
+        article's row of `targets` (the head's targets, minus the mean map if it predicts over
+        it), the penalty chosen among the relative `alphas` by leave-one-out; its buffers
+        take the fit."""
+        texts, rows = datamodule.article_texts("train", sources)
+        embeddings = self.encode_texts(texts).cpu()
+        fit = fit_ridge(
+            embeddings,
+            targets,
+            alphas,
+            relative=True,
+            loo_voxels=4096,
+            rank=self.readout_in.shape[1],
+            dtype=torch.float64,
+            target_rows=rows,
+        )
+        weight_in, weight_out = fit.factored()
+        self.readout_in.copy_(weight_in)
+        self.readout_out.copy_(weight_out)
+        self.readout_bias.copy_(fit.intercept)
+        rank_zero_info(
+            f"ridge readout fitted on {len(texts):,} training texts ({'/'.join(sources)}; "
+            f"alpha {fit.alpha:.3g}, rank {self.readout_in.shape[1]})"
+        )
+        return fit

@@ -1,0 +1,151 @@
+"""The text-ridge head: a frozen sentence encoder's embedding, read out to a map by a ridge.
+
+Text2Brain without its decoder: the training-mean map plus a reduced-rank ridge readout of
+the embedding (text2brain.models.readout), fitted in closed form on the training articles'
+texts, each paired with its article's map on the transformed scale (text2brain.models.targets).
+Why a head of its own: on NeuroQuery the readout is where all of Text2Brain's score comes from
+(its decoder, trained for epochs, adds nothing measurable; see checkpoints/README.md), so the
+readout alone fits in a minute what the full model trains for, and its checkpoint holds the
+readout's two factors rather than a decoder.
+
+The penalty is chosen by leave-one-out squared error (`alpha_selection: loo`) or by the
+validation split's Dice-AUC (`validation`), the metric the zoo compares on. Several texts of
+one article (its title, each keyword, its abstract) share its map, so a left-out text still
+has its siblings in the fit and leave-one-out favours small penalties; the validation titles
+are held-out articles.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from text2brain.brain import BrainSpace
+from text2brain.data.datamodule import FIT_SOURCES
+from text2brain.metrics import dice_auc_from_curve, dice_curve
+from text2brain.models.closed_form import ClosedFormModule
+from text2brain.models.encoders import TextEncoder
+from text2brain.models.readout import RidgeReadout
+from text2brain.models.ridge import RELATIVE_ALPHAS
+from text2brain.models.settings import TextEncoderSettings
+from text2brain.models.targets import parse_transform, transform_targets
+from text2brain.models.text_head import TextEncoderHead
+from text2brain.text import check_texts
+
+log = logging.getLogger(__name__)
+
+ALPHA_SELECTIONS = ("loo", "validation")
+
+
+class TextRidge(RidgeReadout, TextEncoderHead, ClosedFormModule):
+    """The mean map plus a ridge readout of a frozen encoder's embedding; nothing trained.
+
+    Args:
+        text: the text encoder, kept frozen (text2brain.models.settings.TextEncoderSettings).
+        sources: the training texts paired with their article's map: "title", "keyword"
+            (each keyword a text) and "abstract" (text2brain.data.datamodule.FIT_SOURCES).
+        target_transform: the monotone transform of the max-normalised maps that the fit
+            sees ("none", "sqrt", "power:P", "log1p:C"); predictions are on that scale.
+        rank: directions kept of the readout (reduced-rank ridge); None: the full rank.
+        alpha: a fixed penalty, relative to the mean squared singular value of the centred
+            embeddings; None: chosen by `alpha_selection` over `alpha_grid`.
+        alpha_selection: "loo" (leave-one-out squared error) or "validation" (Dice-AUC of
+            the validation titles; the head's own validation score is then optimistic by
+            the selection, its test score is not).
+        alpha_grid: relative penalties to choose from.
+    """
+
+    def __init__(
+        self,
+        text: TextEncoderSettings = TextEncoderSettings(freeze_embeddings=True, freeze_layers=6),
+        sources: Sequence[str] = ("title", "keyword", "abstract"),
+        target_transform: str = "power:0.1",
+        rank: int | None = 32,
+        alpha: float | None = None,
+        alpha_selection: str = "validation",
+        alpha_grid: Sequence[float] = RELATIVE_ALPHAS,
+    ) -> None:
+        super().__init__(text=text)
+        parse_transform(target_transform)  # a bad name fails here, not at fit
+        if alpha_selection not in ALPHA_SELECTIONS:
+            raise ValueError(
+                f"alpha_selection must be one of {ALPHA_SELECTIONS}, got {alpha_selection!r}"
+            )
+        if not sources or not set(sources) <= set(FIT_SOURCES):
+            raise ValueError(f"sources must be some of {FIT_SOURCES}, got {list(sources)}")
+        alphas = [alpha] if alpha is not None else list(alpha_grid)
+        if not alphas or not all(a is not None and a > 0 for a in alphas):
+            raise ValueError(f"alpha and alpha_grid must be > 0, got {alphas}")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"rank must be a positive int or null, got {rank!r}")
+        self.sources = tuple(sources)
+        self.target_transform = target_transform
+        self.alphas = alphas
+
+    def build(self, space: BrainSpace) -> None:
+        encoder = TextEncoder.from_settings(self.text_settings)
+        encoder.requires_grad_(False)  # nothing is trained: a fixed function of the text
+        self.net = nn.ModuleDict({"text_encoder": encoder})
+        self.register_buffer("mean_map", torch.zeros(space.n_voxels))
+        self.build_readout(encoder.dim, space.n_voxels, self.hparams.rank)
+        self.register_buffer("alpha", torch.tensor(0.0))  # the chosen penalty, absolute
+
+    def normalise_target(self, target: Tensor) -> Tensor:
+        scaled = target / target.amax(dim=1, keepdim=True).clamp_min(1e-12)
+        return transform_targets(scaled, self.target_transform)
+
+    # -- the fit ------------------------------------------------------------------------------
+    def fit_closed_form(self, datamodule: Any) -> None:
+        self.attach_embedding_cache(build=True)
+        self.mean_map.copy_(self.training_mean_map())
+        _, maps = datamodule.article_maps("train")
+        targets = self.training_targets(maps)
+        targets -= self.mean_map.cpu()
+        if len(self.alphas) == 1 or self.hparams.alpha_selection == "loo":
+            fit = self.fit_readout_on(datamodule, targets, self.sources, self.alphas)
+            self.alpha.fill_(fit.alpha)
+            return
+        titles, val_maps = datamodule.titled_article_maps("val")
+        if not len(titles):
+            raise ValueError("alpha_selection 'validation' needs validation articles with titles")
+        queries = self.encode_texts(titles)
+        val_maps = torch.from_numpy(np.asarray(val_maps, np.float32))
+        scores, readouts = [], []
+        for alpha in self.alphas:
+            fit = self.fit_readout_on(datamodule, targets, self.sources, [alpha])
+            pred = self.readout_maps(queries.to(self.readout_in.device)).cpu() + self.mean_map.cpu()
+            scores.append(float(dice_auc_from_curve(dice_curve(pred, val_maps)).mean()))
+            readouts.append((fit.alpha, [b.clone() for b in self.readout_buffers()]))
+        best = int(np.argmax(scores))
+        if best in (0, len(self.alphas) - 1):
+            warnings.warn(
+                f"text_ridge: the best alpha ({self.alphas[best]}) is at the edge of its grid "
+                f"{self.alphas}: a wider grid may score higher",
+                stacklevel=2,
+            )
+        absolute, kept = readouts[best]
+        for buffer, value in zip(self.readout_buffers(), kept, strict=True):
+            buffer.copy_(value)
+        self.alpha.fill_(absolute)
+        log.info(
+            "text_ridge: relative alpha %g chosen by validation Dice-AUC %.5f over %s (%s)",
+            self.alphas[best],
+            scores[best],
+            self.alphas,
+            ", ".join(f"{s:.5f}" for s in scores),
+        )
+
+    # -- prediction ---------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        embeddings = self.encode_texts(list(batch["text"])).to(self.readout_in.device)
+        return self.readout_maps(embeddings) + self.mean_map
+
+    @torch.inference_mode()
+    def predict_texts(self, texts: list[str]) -> Tensor:
+        return self.forward({"text": check_texts(texts, allow_empty=False)})
