@@ -67,6 +67,8 @@ RELATIVE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 1, 9))
 
 #: Target columns per chunk of the all-target products (n x 4096 float32 at a time).
 _CHUNK = 4096
+#: Samples per block of the leave-one-out residuals (8192 x 4096 float64: 268 MB at a time).
+_ROW_BLOCK = 8192
 
 
 @dataclass
@@ -125,17 +127,31 @@ class _CentredSpectrum:
             self.vectors, self.s2 = vt.T, self.singular.square()
             self.projected, self.left = u * self.singular, u.float()
 
-    def loo_errors(self, centred: Tensor, alphas: Sequence[float]) -> list[float]:
-        """Mean squared leave-one-out error of each alpha; `centred` (n, any m) is Yc."""
-        weights = self.projected.T @ centred  # (k, m), shared by every alpha
-        squared = self.projected.square()
-        errors = []
-        for alpha in alphas:
-            inverse = 1.0 / (self.s2 + alpha)
-            leverage = 1.0 / self.n + squared @ inverse
-            residual = centred - self.projected @ (inverse[:, None] * weights)
-            errors.append(float((residual / (1.0 - leverage)[:, None]).square().mean()))
-        return errors
+    def loo_errors(
+        self, sample: Tensor, mean: Tensor, alphas: Sequence[float], rows: Tensor | None = None
+    ) -> list[float]:
+        """Mean squared leave-one-out error of each alpha, on the targets `sample` (n, c) (with
+        `rows`: the distinct targets, sample i's being ``sample[rows[i]]``) centred by `mean`
+        (c,). Row block by row block: with many samples (several texts per article) the
+        (n, c) residuals of all rows at once would take gigabytes."""
+        blocks = [slice(start, start + _ROW_BLOCK) for start in range(0, self.n, _ROW_BLOCK)]
+
+        def centred(block: slice) -> Tensor:
+            part = sample[block] if rows is None else sample[rows[block]]
+            return part.to(self.projected.dtype) - mean.to(self.projected.dtype)
+
+        # (k, c), shared by every alpha
+        weights = sum(self.projected[block].T @ centred(block) for block in blocks)
+        totals = [0.0] * len(alphas)
+        for block in blocks:
+            projected, targets = self.projected[block], centred(block)
+            squared = projected.square()
+            for i, alpha in enumerate(alphas):
+                inverse = 1.0 / (self.s2 + alpha)
+                leverage = 1.0 / self.n + squared @ inverse
+                residual = targets - projected @ (inverse[:, None] * weights)
+                totals[i] += float((residual / (1.0 - leverage)[:, None]).square().sum())
+        return [total / (self.n * sample.shape[1]) for total in totals]
 
     def coefficients(
         self, targets: Tensor, target_mean: Tensor, alpha: float, rows: Tensor | None = None
@@ -277,9 +293,7 @@ def fit_ridge(
         generator = torch.Generator().manual_seed(seed)
         columns = torch.randperm(targets.shape[1], generator=generator)[:loo_voxels].sort().values
     sample = targets if len(columns) == targets.shape[1] else targets[:, columns]
-    if rows is not None:
-        sample = sample[rows]
-    errors = spectrum.loo_errors(sample.to(dtype) - target_mean[columns].to(dtype), absolute)
+    errors = spectrum.loo_errors(sample, target_mean[columns], absolute, rows)
     best = int(np.argmin(errors))
     if len(alphas) > 1 and alphas[best] in (min(alphas), max(alphas)):
         _warn_edge(alphas, best, relative, scale)
