@@ -14,6 +14,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from text2brain.models import ridge
 from text2brain.models.ridge import RELATIVE_ALPHAS, RidgeFit, fit_ridge
 
 ALPHAS = [0.01, 0.3, 2.0, 30.0]
@@ -217,3 +218,32 @@ def test_bad_input_is_named() -> None:
         fit_ridge(x, y[:, 0])
     with pytest.raises(ValueError, match="at least 2 samples, got 1"):
         fit_ridge(x[:1], y[:1])
+
+
+def test_target_rows_fit_as_the_copied_targets_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several samples sharing one target (texts of one article): the same penalty, errors
+    and coefficients as the fit on the repeated rows, with the leave-one-out in row blocks."""
+    monkeypatch.setattr(ridge, "_ROW_BLOCK", 7)
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(50, 8, generator=generator, dtype=torch.float64)
+    targets = torch.randn(20, 300, generator=generator)
+    rows = torch.randint(0, 20, (50,), generator=generator)
+    options = {"loo_voxels": 100, "rank": 4, "dtype": torch.float64}
+    copied = fit_ridge(features, targets[rows], [0.1, 1.0, 10.0, 100.0], **options)
+    shared = fit_ridge(features, targets, [0.1, 1.0, 10.0, 100.0], target_rows=rows, **options)
+    assert shared.alpha == copied.alpha
+    np.testing.assert_allclose(shared.loo_errors, copied.loo_errors, rtol=1e-10)
+    torch.testing.assert_close(shared.coef, copied.coef, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.intercept, copied.intercept, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (torch.zeros(49, dtype=torch.long), "one entry per feature row"),
+        (torch.full((50,), 20), "must index the 20 targets"),
+    ],
+)
+def test_bad_target_rows_are_refused(rows: torch.Tensor, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        fit_ridge(torch.randn(50, 8), torch.randn(20, 30), [1.0], target_rows=rows)
