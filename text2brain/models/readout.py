@@ -12,14 +12,14 @@ and `normalise_target` (the head's target scale and transform).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from text2brain.models.ridge import RidgeFit, fit_ridge
+if TYPE_CHECKING:
+    from text2brain.models.ridge import RidgeFit
 
 
 class RidgeReadout:
@@ -68,6 +68,12 @@ class RidgeReadout:
         article's row of `targets` (the head's targets, minus the mean map if it predicts over
         it), the penalty chosen among the relative `alphas` by leave-one-out; its buffers
         take the fit."""
+        # Imported here: the Lightning-free inference class shares this mixin, and loading a
+        # model to predict must not import Lightning or the solver (a 1-2 s import).
+        from lightning.pytorch.utilities import rank_zero_info
+
+        from text2brain.models.ridge import fit_ridge
+
         texts, rows = datamodule.article_texts("train", sources)
         embeddings = self.encode_texts(texts).cpu()
         fit = fit_ridge(
