@@ -165,7 +165,7 @@ def retrieval_scores(
 ) -> dict[str, np.ndarray]:
     """Per-query hits ("recall@k_t2b" / "_b2t" -> (n,) bool) of a head with an embedding space
     among the test split's paired texts and article maps, by the head's own encoders, distance
-    and hit rule (its `test/recall@k_...` are their means); {} for a head without one."""
+    and hit rule, as its `test/recall@k_...` are computed; {} for a head without one."""
     import torch
 
     hits = getattr(predictor.model, "paired_retrieval_hits", None)

@@ -15,6 +15,10 @@ articles' keywords, titles and abstracts), every head logs them under the same n
 * ``hier/dist0_keyword``, ``hier/dist0_title``, ``hier/dist0_abstract``, ``hier/dist0_article``,
   ``hier/dist0_table``: mean distance to the origin of each kind of embedding.
 
+`hierarchy_values` gives every measure's per-item values (a bool per pair for a fraction, a
+distance per point), for confidence intervals (`text2brain compare`); `hierarchy_measures`, what
+the heads log, is their means.
+
 Geometries (text2brain.models.contrastive.torch_model) give the two notions these need,
 `specificity` (distance to the origin) and `in_cone` (None without cones):
 
