@@ -104,7 +104,7 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         ):
             raise ValueError(f"hierarchy_pairs must be an int >= 0, got {hierarchy_pairs!r}")
         self.hierarchy_pairs = hierarchy_pairs
-        #: A frozen encoder's vectors of the hierarchy sample's texts (they never change).
+        #: A frozen encoder's vectors of the texts `_embed_texts` saw (they never change).
         self._frozen_features: dict[str, Tensor] = {}
         self.brain_settings = as_settings(BrainEncoderSettings, brain)
         self.embed_dim = embed_dim
