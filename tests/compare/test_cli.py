@@ -85,6 +85,14 @@ def test_compare_end_to_end(
     assert table["articles"].tolist() == [8, 8, 8, 8]
     hierarchy = table.set_index("model")["hier/table_in_cone"]
     assert hierarchy.isna().sum() == 3 and 0 <= hierarchy["mnm"] <= 1
+    # The head with an embedding space adds recall both ways, with Wilson CIs; 8 articles:
+    # every match is among the 10 nearest.
+    mnm = table.set_index("model").loc["mnm"]
+    for name in ("recall@10_t2b", "recall@100_t2b", "recall@10_b2t", "recall@100_b2t"):
+        assert table[name].isna().sum() == 3 and mnm[name] == 1.0
+        assert mnm[f"{name}_ci95_low"] < 1.0 == mnm[f"{name}_ci95_high"]
+    for name in ("hier/table_in_cone", "hier/dist0_article"):
+        assert mnm[f"{name}_ci95_low"] <= mnm[name] <= mnm[f"{name}_ci95_high"]
     assert (table["ci95_low"] <= table["dice_auc"]).all()
     assert (table["dice_auc"] <= table["ci95_high"]).all()
     assert table["p_vs_best"].isna().sum() == 1
@@ -98,6 +106,10 @@ def test_compare_end_to_end(
     row = table.set_index("model").loc["vision_only"]
     assert row["failures"] == failures.sum() and row["failure_rule"] == "scored 0"
     assert "| vision_only |" in (out / "results.md").read_text()
-    assert "| model | table in cone | table farther |" in (out / "results.md").read_text()
+    markdown = (out / "results.md").read_text()
+    assert "| model | table in cone | table farther |" in markdown
+    assert "| model | recall@10 t2b | recall@100 t2b | recall@10 b2t | recall@100 b2t |" in markdown
+    assert "| corpus_mean | - | - | - | - |" in markdown
+    assert per_article.loc[per_article["model"] == "mnm", "recall@10_t2b"].all()
     for figure in ("dice_curves.png", "queries.png"):
         assert (out / figure).stat().st_size > 1000

@@ -24,9 +24,14 @@ scored against the same article maps with the shared metric (text2brain.metrics)
 Dice at 5/10/20/30% of the mask, Pearson r, the paired t-test p-value against the best model,
 and the failure count), `per_article.csv` (every article's scores for every model),
 `dice_curves.png` (mean Dice per threshold, with 95% bands) and `queries.png` (the paper's
-queries, or the file's, rendered by every model). The contrastive heads (CLIP, MNM) add their
-hierarchy measures on the test split (`hier/...` columns, and a table of their own in
-results.md; text2brain.models.contrastive.hierarchy).
+queries, or the file's, rendered by every model). The heads with an embedding space (CLIP,
+MNM) add retrieval among the test articles, recall@10 / @100 text -> map and map -> text
+(`recall@10_t2b`, ... by the head's own encoders and distance, as its `test/recall@...`), each
+with its Wilson 95% CI and the exact McNemar p-value against the column's best head, and their
+hierarchy measures on the test split's fixed sample (`hier/...`; fractions with Wilson, mean
+distances with t 95% CIs; text2brain.models.contrastive.hierarchy): `<measure>_ci95_low` /
+`_ci95_high` / `_p_vs_best` columns, a table of each in results.md ("-" for the other models)
+and the per-query hits in per_article.csv.
 
 Failures: a model that reads text as vocabulary terms cannot answer a text without a known
 term. With `unknown_query: zero` (no answer) such an article scores 0, as in the Text2Brain

@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from text2brain.compare.report import log_to_wandb, write_report
-from text2brain.compare.scoring import hierarchy_scores, score_predictor, test_texts
+from text2brain.compare.scoring import (
+    hierarchy_scores,
+    retrieval_scores,
+    score_predictor,
+    test_texts,
+)
 from text2brain.compare.spec import fit_config, load_spec
 from text2brain.errors import add_debug_option
 
@@ -34,6 +39,7 @@ def run_comparison(spec: Mapping[str, Any], wandb_group: str | None = None) -> d
         predictor = load_predictor(source, device="cpu")
         predictors[name] = predictor
         scores.append(score_predictor(name, source, predictor, texts, targets))
+        scores[-1].retrieval = retrieval_scores(predictor, texts, targets)
         scores[-1].hierarchy = hierarchy_scores(predictor, datamodule)
 
     table, paths = write_report(out_dir, scores, predictors, spec["queries"], ids, texts)

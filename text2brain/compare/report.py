@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from text2brain.compare.scoring import NO_KNOWN_TERM, ModelScores, mean_ci
+from text2brain.compare.scoring import NO_KNOWN_TERM, ModelScores, estimate_ci, mcnemar_p, mean_ci
 from text2brain.outputs import atomic_output, write_text
 
 if TYPE_CHECKING:
@@ -26,6 +26,10 @@ DICE_COLUMNS = {0.05: "dice@5", 0.10: "dice@10", 0.20: "dice@20", 0.30: "dice@30
 PANEL_TOP = 0.10
 #: Prefix of the hierarchy measures' columns (text2brain.models.contrastive.hierarchy).
 HIERARCHY_PREFIX = "hier/"
+#: Prefix of the retrieval columns ("recall@10_t2b", ...; text2brain.models.contrastive).
+RECALL_PREFIX = "recall@"
+#: Suffixes of a measure's 95% confidence bounds and paired p-value against the best head.
+LOW, HIGH, P_VS_BEST = "_ci95_low", "_ci95_high", "_p_vs_best"
 #: The files of a comparison's output folder, in the order they are written.
 OUTPUT_FILES = ("results.csv", "results.md", "per_article.csv", "dice_curves.png", "queries.png")
 
@@ -33,11 +37,18 @@ OUTPUT_FILES = ("results.csv", "results.md", "per_article.csv", "dice_curves.png
 # -- tables ----------------------------------------------------------------------------------
 def summary_table(scores: Sequence[ModelScores]) -> pd.DataFrame:
     """One row per model, best mean Dice-AUC first, with the paired t-test against the best
-    and, last, the hierarchy measures of the heads that have them (NaN for the others)."""
+    and, last, the retrieval recall (with the McNemar test against the column's best head) and
+    hierarchy measures of the heads that have them, each with its 95% CI (NaN for the others)."""
     import pandas as pd
     from scipy import stats
 
     best = max(scores, key=lambda s: s.dice_auc.mean())
+    recall_best = {  # the head with the highest recall, per measure
+        name: max(
+            (s for s in scores if name in s.retrieval), key=lambda s: s.retrieval[name].mean()
+        )
+        for name in dict.fromkeys(name for s in scores for name in s.retrieval)
+    }
     rows = []
     for s in scores:
         mean, low, high = mean_ci(s.dice_auc)
@@ -59,11 +70,24 @@ def summary_table(scores: Sequence[ModelScores]) -> pd.DataFrame:
                 "failures": int((~s.known).sum()),
                 "failure_rule": s.failure_rule,
                 "source": s.source,
-                **s.hierarchy,
+                **_measure_columns(s, recall_best),
             }
         )
-    # The hierarchy measures of the heads that have them come last (NaN for the others).
     return pd.DataFrame(rows).sort_values("dice_auc", ascending=False, ignore_index=True)
+
+
+def _measure_columns(s: ModelScores, recall_best: Mapping[str, ModelScores]) -> dict[str, float]:
+    """A head's retrieval and hierarchy columns: each measure's mean and 95% CI bounds (Wilson
+    for hits, t for values), and for recall the McNemar p-value against the best head."""
+    columns: dict[str, float] = {}
+    for name, values in (*s.retrieval.items(), *s.hierarchy.items()):
+        mean, low, high = estimate_ci(values)
+        columns |= {name: mean, name + LOW: low, name + HIGH: high}
+        if name in s.retrieval:
+            best = recall_best[name]
+            p_value = math.nan if best is s else mcnemar_p(best.retrieval[name], values)
+            columns[name + P_VS_BEST] = p_value
+    return columns
 
 
 def per_article_table(
@@ -82,6 +106,7 @@ def per_article_table(
                 **{col: s.dice_at(x) for x, col in DICE_COLUMNS.items()},
                 "pearson": s.pearson,
                 "failure": ~s.known,
+                **s.retrieval,  # article i's text (t2b) or map (b2t) as the query
             }
         )
         for s in scores
@@ -106,16 +131,49 @@ def markdown_table(table: pd.DataFrame) -> str:
             f"| {row['model']} | {row['dice_auc']:.4f} ({row['ci95_low']:.4f}-"
             f"{row['ci95_high']:.4f}) | {dice} | {row['pearson']:.3f} | {p_value} | {failures} |"
         )
-    hierarchy = [str(c) for c in table.columns if str(c).startswith(HIERARCHY_PREFIX)]
-    if hierarchy:  # the contrastive heads' hierarchy measures, in a table of their own
-        names = [c[len(HIERARCHY_PREFIX) :].replace("_", " ") for c in hierarchy]
-        lines += ["", f"| model | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
-        for row in table.to_dict("records"):
-            if all(_missing(row[c]) for c in hierarchy):
-                continue
-            values = " | ".join("-" if _missing(row[c]) else f"{row[c]:.3f}" for c in hierarchy)
-            lines.append(f"| {row['model']} | {values} |")
+    # The contrastive heads' retrieval and hierarchy measures, in tables of their own ("-" for
+    # the models without an embedding space).
+    lines += _measure_table(table, RECALL_PREFIX, RECALL_NOTE)
+    lines += _measure_table(table, HIERARCHY_PREFIX, HIERARCHY_NOTE)
     return "\n".join(lines) + "\n"
+
+
+#: What the retrieval and hierarchy tables of results.md show, said under each.
+RECALL_NOTE = (
+    "Recall@k: share of test queries whose match is among the k nearest of all test articles "
+    "(t2b: title -> map, b2t: map -> title), Wilson 95% CI; p: exact McNemar test against the "
+    "column's best head."
+)
+HIERARCHY_NOTE = (
+    "Hierarchy: fractions with Wilson 95% CIs over their pairs, mean distances with t 95% CIs."
+)
+
+
+def _measure_table(table: pd.DataFrame, prefix: str, note: str) -> list[str]:
+    """Lines of the Markdown table of the measures named `prefix...` ("mean (low-high)", and
+    the p-value against the best head where there is one) and its `note`; [] when no model
+    has them."""
+    measures = [
+        str(c)
+        for c in table.columns
+        if str(c).startswith(prefix) and not str(c).endswith((LOW, HIGH, P_VS_BEST))
+    ]
+    if not measures:
+        return []
+    names = [c.removeprefix(HIERARCHY_PREFIX).replace("_", " ") for c in measures]
+    lines = ["", f"| model | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
+    for row in table.to_dict("records"):
+        cells = []
+        for c in measures:
+            if _missing(row[c]):
+                cells.append("-")
+                continue
+            cell = f"{row[c]:.3f} ({row[c + LOW]:.3f}-{row[c + HIGH]:.3f})"
+            if not _missing(row.get(c + P_VS_BEST)):
+                cell += f", p {row[c + P_VS_BEST]:.2g}"
+            cells.append(cell)
+        lines.append(f"| {row['model']} | {' | '.join(cells)} |")
+    return [*lines, "", note]
 
 
 def _missing(value: object) -> bool:

@@ -20,7 +20,9 @@ from text2brain.models.contrastive.hierarchy import (
     centre_angle,
     fraction,
     hierarchy_measures,
+    hierarchy_values,
     in_cone,
+    summarise,
 )
 from text2brain.models.contrastive.torch_model import CosineGeometry, LorentzGeometry
 
@@ -101,9 +103,30 @@ def test_measures_with_a_known_answer() -> None:
     assert set(hierarchy_measures(sample_points(), norm)) == set(expected) - CONES
 
 
+def test_per_item_values_behind_the_measures() -> None:
+    def norm(x: torch.Tensor, same_modality: torch.Tensor) -> torch.Tensor:
+        return x.norm(dim=-1)
+
+    def farther(parent: torch.Tensor, child: torch.Tensor) -> torch.Tensor:
+        return child.norm(dim=-1) > parent.norm(dim=-1)
+
+    values = hierarchy_values(sample_points(), norm, farther)
+    # Fractions: one bool per pair; distances: one float per point.
+    assert values["hier/table_farther"].tolist() == [True, False]
+    assert values["hier/table_in_cone"].tolist() == [True, False]
+    assert values["hier/text_entails_map"].tolist() == [True, False]  # keyword, abstract
+    assert values["hier/dist0_article"].tolist() == pytest.approx([1.0, 2.0])
+    assert values["hier/dist0_keyword"].tolist() == pytest.approx([0.5])
+    # The measures are their means, from the same computation.
+    measures = hierarchy_measures(sample_points(), norm, farther)
+    assert {k: v.item() for k, v in summarise(values).items()} == pytest.approx(
+        {k: v.item() for k, v in measures.items()}
+    )
+
+
 def test_lorentz_and_sphere_geometries() -> None:
     lorentz = LorentzGeometry(2, curvature=1.0, learn_curvature=False)
-    values = lorentz.hierarchy_measures(sample_points())
+    values = summarise(lorentz.hierarchy_values(sample_points()))
     assert set(values) == ALL - {"hier/dist0_title"}
     # Table 0 on its article's ray, farther out: in the cone; table 1 across the origin: out.
     assert values["hier/table_in_cone"].item() == pytest.approx(0.5)
@@ -113,7 +136,7 @@ def test_lorentz_and_sphere_geometries() -> None:
     )
     assert values["hier/dist0_keyword"].item() == pytest.approx(math.asinh(0.5))
 
-    sphere = CosineGeometry().hierarchy_measures(sample_points())
+    sphere = summarise(CosineGeometry().hierarchy_values(sample_points()))
     assert set(sphere) == ALL - CONES - {"hier/dist0_title"}
     # Brain points' centre: the mean of directions (1,0), (0,1), (1,0), (0,-1) is (1, 0).
     assert sphere["hier/dist0_article"].item() == pytest.approx(math.pi / 4)

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from text2brain.models.contrastive.retrieval import matching_ranks, recall_at_k, retrieval_weights
+from text2brain.models.contrastive.retrieval import (
+    hits_at_k,
+    matching_ranks,
+    recall_at_k,
+    retrieval_hits,
+    retrieval_weights,
+)
 
 
 def test_retrieval_weights_top_k_and_temperature() -> None:
@@ -46,3 +52,21 @@ def test_recall_counts_ties_against_the_query() -> None:
     assert recall_at_k(torch.zeros(4, 4), 4).item() == 1.0
     with pytest.raises(ValueError, match="square"):
         matching_ranks(torch.zeros(3, 4))
+
+
+def test_per_query_hits_both_ways() -> None:
+    # Rows (texts): text 0 ties with map 2 (counted against it: rank 1), text 1's map is the
+    # farthest of its row (rank 2), text 2's is second (rank 1). Columns (maps): map 1 finds
+    # text 1 first; map 0 ties with text 2, map 2 is second.
+    distance = torch.tensor([[0.0, 5.0, 0.0], [0.5, 4.0, 3.0], [0.0, 5.0, 1.0]])
+    assert hits_at_k(distance, 1).tolist() == [False, False, False]
+    assert hits_at_k(distance, 2).tolist() == [True, False, True]
+    hits = retrieval_hits(distance, ks=(1, 2))
+    assert list(hits) == ["recall@1_t2b", "recall@2_t2b", "recall@1_b2t", "recall@2_b2t"]
+    assert hits["recall@1_b2t"].tolist() == [False, True, False]
+    for name, hit in hits.items():
+        matrix = distance if name.endswith("t2b") else distance.T
+        k = int(name[len("recall@") : name.index("_")])
+        assert hit.float().mean() == recall_at_k(matrix, k)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        hits_at_k(distance, 0)

@@ -12,6 +12,7 @@ text2brain.models.contrastive.hierarchy).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ from text2brain.models.contrastive.hierarchy import HierarchyEmbeddings
 from text2brain.models.contrastive.retrieval import (
     RECALL_KS,
     EmbeddingCollector,
-    recall_at_k,
+    retrieval_hits,
     scale_maps,
 )
 from text2brain.models.contrastive.torch_model import ContrastiveNet, CosineGeometry, Geometry
@@ -103,7 +104,7 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         ):
             raise ValueError(f"hierarchy_pairs must be an int >= 0, got {hierarchy_pairs!r}")
         self.hierarchy_pairs = hierarchy_pairs
-        #: A frozen encoder's vectors of the hierarchy sample's texts (they never change).
+        #: A frozen encoder's vectors of the texts `_embed_texts` saw (they never change).
         self._frozen_features: dict[str, Tensor] = {}
         self.brain_settings = as_settings(BrainEncoderSettings, brain)
         self.embed_dim = embed_dim
@@ -204,13 +205,26 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         collector = self._collector(stage)
         text, brain = collector.compute()
         collector.reset()
-        distance = self.net.geometry.cross_distance(text, brain)
-        values = {}
-        for way, matrix in (("t2b", distance), ("b2t", distance.transpose(0, 1))):
-            for k in RECALL_KS:
-                values[f"{stage}/recall@{k}_{way}"] = recall_at_k(matrix, k)
+        hits = retrieval_hits(self.net.geometry.cross_distance(text, brain))
+        values = {f"{stage}/{name}": hit.float().mean() for name, hit in hits.items()}
         # Already gathered over ranks by the collector; sync_dist only says so to Lightning.
         self.log_dict(values, sync_dist=True)
+
+    @torch.no_grad()
+    def paired_retrieval_hits(
+        self, texts: list[str], maps: np.ndarray | Tensor, ks: Sequence[int] = RECALL_KS
+    ) -> dict[str, Tensor]:
+        """Per-query hits of paired texts and maps (n of each; text i matches map i) with the
+        current weights, in eval mode: ``recall@{k}_t2b`` / ``_b2t`` -> (n,) bool.
+
+        The encoders, distance and hit rule of the logged `<stage>/recall@k_...` (their
+        means), for whoever scores the head outside a trainer (`text2brain compare`).
+        """
+        if len(texts) != len(maps):
+            raise ValueError(f"{len(texts)} texts but {len(maps)} maps: they must pair up")
+        text = self._embed_texts(check_texts(texts, allow_empty=False))
+        brain = self.embed_map_chunks(len(maps), lambda s, e: torch.as_tensor(maps[s:e]))
+        return retrieval_hits(self.net.geometry.cross_distance(text, brain), ks)
 
     # -- the hierarchy ------------------------------------------------------------------------
     def _log_hierarchy(self, stage: str) -> None:
@@ -230,6 +244,11 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         """The hierarchy measures of a sample (text2brain.data.hierarchy) with the current
         weights, in eval mode: ``hier/<name>`` -> 0-d float tensor (the measures that have no
         meaning in this head's geometry, or no data in the sample, are absent)."""
+        return hierarchy.summarise(self.hierarchy_values(sample))
+
+    def hierarchy_values(self, sample: HierarchySample) -> dict[str, Tensor]:
+        """The per-item values behind `hierarchy_measures` (``hier/<name>`` -> (n,) tensor: bool
+        per pair for a fraction, float per point for a distance), for confidence intervals."""
         points = HierarchyEmbeddings(
             article=self.embed_map_chunks(
                 len(sample), lambda s, e: torch.from_numpy(sample.article_maps[s:e])
@@ -243,7 +262,7 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
                 for source, rows in sample.text_article.items()
             },
         )
-        return self.net.geometry.hierarchy_measures(points)
+        return self.net.geometry.hierarchy_values(points)
 
     @torch.no_grad()
     def _embed_texts(self, texts: list[str]) -> Tensor:

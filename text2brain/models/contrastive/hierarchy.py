@@ -15,6 +15,10 @@ articles' keywords, titles and abstracts), every head logs them under the same n
 * ``hier/dist0_keyword``, ``hier/dist0_title``, ``hier/dist0_abstract``, ``hier/dist0_article``,
   ``hier/dist0_table``: mean distance to the origin of each kind of embedding.
 
+`hierarchy_values` gives every measure's per-item values (a bool per pair for a fraction, a
+distance per point), for confidence intervals (`text2brain compare`); `hierarchy_measures`, what
+the heads log, is their means.
+
 Geometries (text2brain.models.contrastive.torch_model) give the two notions these need,
 `specificity` (distance to the origin) and `in_cone` (None without cones):
 
@@ -109,13 +113,17 @@ class HierarchyEmbeddings:
     text_article: dict[str, Tensor]
 
 
-def hierarchy_measures(
+def hierarchy_values(
     points: HierarchyEmbeddings,
     specificity: Specificity,
     cone: ConeTest | None = None,
     text_is_parent: bool = True,
 ) -> dict[str, Tensor]:
-    """The hierarchy measures (module doc) of embedded sample points, as 0-d float tensors.
+    """The hierarchy measures' per-item values (module doc): ``hier/<name>`` -> (n,) tensor,
+    bool for the fractions (one per pair), float for the distances (one per point).
+
+    Per item, so that a comparison can give each measure a confidence interval;
+    `hierarchy_measures` is their means.
 
     Args:
         points: the sample's embeddings.
@@ -136,17 +144,35 @@ def hierarchy_measures(
     if len(points.article):
         d_article = specificity(points.article, brain)
         d_table = specificity(points.table, brain)
-        values["table_farther"] = fraction(d_table > d_article)
-        values["dist0_article"] = d_article.mean()
-        values["dist0_table"] = d_table.mean()
+        values["table_farther"] = d_table > d_article
+        values["dist0_article"] = d_article
+        values["dist0_table"] = d_table
         if cone is not None:
-            values["table_in_cone"] = fraction(cone(points.article, points.table))
+            values["table_in_cone"] = cone(points.article, points.table)
     for source in text_sources:
-        values[f"dist0_{source}"] = specificity(points.texts[source], text).mean()
+        values[f"dist0_{source}"] = specificity(points.texts[source], text)
     if cone is not None and text_sources:
         maps = torch.cat([points.article[points.text_article[s]] for s in text_sources])
         parent, child = (text, maps) if text_is_parent else (maps, text)
-        values["text_entails_map"] = fraction(cone(parent, child))
+        values["text_entails_map"] = cone(parent, child)
+    return {PREFIX + name: values[name].detach().cpu() for name in MEASURES if name in values}
+
+
+def summarise(values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Per-item values (`hierarchy_values`) -> the measures, as 0-d float32 tensors: the
+    fraction of True of a bool tensor, the mean of a float one."""
     return {
-        PREFIX + name: values[name].detach().float().cpu() for name in MEASURES if name in values
+        name: fraction(v) if v.dtype == torch.bool else v.float().mean()
+        for name, v in values.items()
     }
+
+
+def hierarchy_measures(
+    points: HierarchyEmbeddings,
+    specificity: Specificity,
+    cone: ConeTest | None = None,
+    text_is_parent: bool = True,
+) -> dict[str, Tensor]:
+    """The hierarchy measures (module doc) of embedded sample points, as 0-d float tensors:
+    the means of `hierarchy_values` (same arguments)."""
+    return summarise(hierarchy_values(points, specificity, cone, text_is_parent))

@@ -16,7 +16,8 @@ keywords) where the dense maps took 576 MB. Checkpoints written before kept the 
 (`DenseMaps`, float16); they still load, and save again as they are.
 
 `recall_at_k` scores retrieval between paired texts and maps (row i of one modality matches
-row i of the other), as NeuroConText and MNM report it.
+row i of the other), as NeuroConText and MNM report it; `hits_at_k` and `retrieval_hits` give
+the per-query hits it averages (what `text2brain compare` puts confidence intervals on).
 """
 
 from __future__ import annotations
@@ -364,11 +365,30 @@ def matching_ranks(distance: Tensor) -> Tensor:
     return (distance <= match).sum(dim=1) - 1
 
 
-def recall_at_k(distance: Tensor, k: int) -> Tensor:
-    """Fraction of rows whose match is among the `k` nearest columns (0-d float tensor)."""
+def hits_at_k(distance: Tensor, k: int) -> Tensor:
+    """Whether each row's match is among the `k` nearest columns: (n, n) -> (n,) bool.
+
+    Per query, so that a comparison can give recall a confidence interval and pair two heads'
+    queries in a test; `recall_at_k` is their mean.
+    """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    return (matching_ranks(distance) < k).float().mean()
+    return matching_ranks(distance) < k
+
+
+def recall_at_k(distance: Tensor, k: int) -> Tensor:
+    """Fraction of rows whose match is among the `k` nearest columns (0-d float tensor)."""
+    return hits_at_k(distance, k).float().mean()
+
+
+def retrieval_hits(distance: Tensor, ks: Sequence[int] = RECALL_KS) -> dict[str, Tensor]:
+    """Per-query hits both ways: ``recall@{k}_t2b`` (rows of `distance`, texts x maps, as
+    queries) and ``recall@{k}_b2t`` (its columns) -> (n,) bool, the names the heads log."""
+    return {
+        f"recall@{k}_{way}": hits_at_k(matrix, k)
+        for way, matrix in (("t2b", distance), ("b2t", distance.transpose(0, 1)))
+        for k in ks
+    }
 
 
 class EmbeddingCollector(Metric):

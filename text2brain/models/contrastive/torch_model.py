@@ -61,11 +61,11 @@ class CosineGeometry(nn.Module):
     def stats(self, text: Tensor, brain: Tensor) -> dict[str, Tensor]:
         return {"logit_scale": self.logit_scale().detach()}
 
-    def hierarchy_measures(self, points: HierarchyEmbeddings) -> dict[str, Tensor]:
-        """The sphere's norm-free hierarchy measures: distances to the origin replaced by the
-        angle to the centre of the sample's points of the same modality; no cone measures (the
-        sphere has no cones). See text2brain.models.contrastive.hierarchy."""
-        return hierarchy.hierarchy_measures(points, hierarchy.centre_angle)
+    def hierarchy_values(self, points: HierarchyEmbeddings) -> dict[str, Tensor]:
+        """The sphere's norm-free hierarchy measures, per item: distances to the origin replaced
+        by the angle to the centre of the sample's points of the same modality; no cone measures
+        (the sphere has no cones). See text2brain.models.contrastive.hierarchy."""
+        return hierarchy.hierarchy_values(points, hierarchy.centre_angle)
 
 
 class LorentzGeometry(nn.Module):
@@ -159,12 +159,12 @@ class LorentzGeometry(nn.Module):
             margin,
         )
 
-    def hierarchy_measures(self, points: HierarchyEmbeddings) -> dict[str, Tensor]:
-        """Every hierarchy measure (text2brain.models.contrastive.hierarchy): geodesic distances
-        to the origin, and this geometry's cones (`min_radius`; the text -> map entailment with
-        its `parent` as the apex)."""
+    def hierarchy_values(self, points: HierarchyEmbeddings) -> dict[str, Tensor]:
+        """Every hierarchy measure per item (text2brain.models.contrastive.hierarchy): geodesic
+        distances to the origin, and this geometry's cones (`min_radius`; the text -> map
+        entailment with its `parent` as the apex)."""
         c = self.curvature().detach()
-        return hierarchy.hierarchy_measures(
+        return hierarchy.hierarchy_values(
             points,
             lambda x, _: lorentz.dist0(x, c),
             lambda parent, child: hierarchy.in_cone(parent, child, c, self.min_radius),
