@@ -42,7 +42,7 @@ def test_the_fit_is_the_ridge_of_every_text_on_its_articles_map(
     model = fit_closed_form("text_ridge", alpha=1.0, rank=None)
     data = tiny_datamodule(data_files)
     data.setup()
-    texts, rows = data.article_texts("train", ("title", "keyword", "abstract"))
+    texts, rows = data.article_texts("train", ("title", "keywords", "abstract"))
     assert len(set(rows.tolist())) == len(data.indices_of("train"))
     assert len(texts) > len(data.indices_of("train"))  # keywords and abstracts too
     _, maps = data.article_maps("train")

@@ -32,9 +32,9 @@ from text2brain.data.split import Split, SplitRule, load_or_make_split, shipped_
 from text2brain.outputs import atomic_output
 from text2brain.paths import cache_dir
 
-#: The article texts a closed-form fit can pair with the article's map (`article_texts`): the
-#: sampler's sources that are fixed texts (discussion subsets are drawn at random).
-FIT_SOURCES = ("title", "keyword", "abstract")
+#: The article texts a closed-form fit can pair with the article's map (`article_texts`): its
+#: title, its keywords joined in one text, its abstract.
+FIT_SOURCES = ("title", "keywords", "abstract")
 
 STAGES = ("train", "val", "test")
 
@@ -430,7 +430,8 @@ class TextMapDataModule(L.LightningDataModule):
         self, stage: str, sources: Sequence[str] = ("title",)
     ) -> tuple[list[str], np.ndarray]:
         """(texts, rows) of a split's articles: every text of the given `sources` ("title",
-        "keyword": each keyword, "abstract"), text i belonging to the article whose map is
+        "keywords": all of an article's keywords joined by "; ", "abstract"; one text per
+        source and article), text i belonging to the article whose map is
         row ``rows[i]`` of `article_maps` (stage). What closed-form fits on several texts per
         article read (the text -> map readouts); the articles with none of these texts are
         counted in one warning."""
@@ -442,15 +443,14 @@ class TextMapDataModule(L.LightningDataModule):
         for row, index in enumerate(self.indices_of(stage)):
             article = self.corpus.articles[index]
             found = {
-                "title": [article.title],
-                "keyword": list(article.keywords),
-                "abstract": [article.abstract],
+                "title": article.title,
+                "keywords": "; ".join(k.strip() for k in article.keywords if k.strip()),
+                "abstract": article.abstract,
             }
             for source in sources:
-                for text in found[source]:
-                    if text and text.strip():
-                        texts.append(text)
-                        rows.append(row)
+                if found[source].strip():
+                    texts.append(found[source])
+                    rows.append(row)
         rows = np.asarray(rows, dtype=np.int64)
         missing = len(self.indices_of(stage)) - len(np.unique(rows))
         if missing:

@@ -10,7 +10,7 @@ readout's two factors rather than a decoder.
 
 The penalty is chosen by leave-one-out squared error (`alpha_selection: loo`) or by the
 validation split's Dice-AUC (`validation`), the metric the zoo compares on. Several texts of
-one article (its title, each keyword, its abstract) share its map, so a left-out text still
+one article (its title, its keywords, its abstract) share its map, so a left-out text still
 has its siblings in the fit and leave-one-out favours small penalties; the validation titles
 are held-out articles.
 """
@@ -48,8 +48,9 @@ class TextRidge(RidgeReadout, TextEncoderHead, ClosedFormModule):
 
     Args:
         text: the text encoder, kept frozen (text2brain.models.settings.TextEncoderSettings).
-        sources: the training texts paired with their article's map: "title", "keyword"
-            (each keyword a text) and "abstract" (text2brain.data.datamodule.FIT_SOURCES).
+        sources: the training texts paired with their article's map: "title", "keywords"
+            (an article's keywords joined in one text) and "abstract"
+            (text2brain.data.datamodule.FIT_SOURCES).
         target_transform: the monotone transform of the max-normalised maps that the fit
             sees ("none", "sqrt", "power:P", "log1p:C"); predictions are on that scale.
         rank: directions kept of the readout (reduced-rank ridge); None: the full rank.
@@ -64,7 +65,7 @@ class TextRidge(RidgeReadout, TextEncoderHead, ClosedFormModule):
     def __init__(
         self,
         text: TextEncoderSettings = TextEncoderSettings(freeze_embeddings=True, freeze_layers=6),
-        sources: Sequence[str] = ("title", "keyword", "abstract"),
+        sources: Sequence[str] = ("title", "keywords", "abstract"),
         target_transform: str = "power:0.1",
         rank: int | None = 32,
         alpha: float | None = None,

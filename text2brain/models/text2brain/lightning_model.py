@@ -54,7 +54,8 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
             value of the centred title embeddings; None chooses it by leave-one-out squared
             error over text2brain.models.ridge.RELATIVE_ALPHAS (1e-3 .. 10).
         readout_sources: the training texts the readout is fitted on, each paired with its
-            article's map: "title", "keyword" (each keyword) and "abstract".
+            article's map: "title", "keywords" (all of an article's keywords in one text) and
+            "abstract".
     """
 
     def __init__(
