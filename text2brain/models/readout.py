@@ -57,25 +57,25 @@ class RidgeReadout:
         return targets
 
     @torch.no_grad()
-    def fit_readout_on(
-        self,
-        datamodule: Any,
-        targets: Tensor,
-        sources: Sequence[str],
-        alphas: Sequence[float],
+    def readout_inputs(self, datamodule: Any, sources: Sequence[str]) -> tuple[Tensor, np.ndarray]:
+        """(embeddings (n, dim), rows (n,)) of the training split's texts of `sources`, text i
+        paired with row ``rows[i]`` of the split's article maps (`article_texts`)."""
+        texts, rows = datamodule.article_texts("train", sources)
+        return self.encode_texts(texts).cpu(), rows
+
+    @torch.no_grad()
+    def fit_readout_from(
+        self, embeddings: Tensor, rows: np.ndarray, targets: Tensor, alphas: Sequence[float]
     ) -> RidgeFit:
-        """Fit the readout on the training split's texts of `sources`, each paired with its
-        article's row of `targets` (the head's targets, minus the mean map if it predicts over
-        it), the penalty chosen among the relative `alphas` by leave-one-out; its buffers
-        take the fit."""
+        """Fit the readout of `embeddings` to their articles' rows of `targets` (the head's
+        targets, minus the mean map if it predicts over it), the penalty chosen among the
+        relative `alphas` by leave-one-out; its buffers take the fit."""
         # Imported here: the Lightning-free inference class shares this mixin, and loading a
         # model to predict must not import Lightning or the solver (a 1-2 s import).
         from lightning.pytorch.utilities import rank_zero_info
 
         from text2brain.models.ridge import fit_ridge
 
-        texts, rows = datamodule.article_texts("train", sources)
-        embeddings = self.encode_texts(texts).cpu()
         fit = fit_ridge(
             embeddings,
             targets,
@@ -91,7 +91,7 @@ class RidgeReadout:
         self.readout_out.copy_(weight_out)
         self.readout_bias.copy_(fit.intercept)
         rank_zero_info(
-            f"ridge readout fitted on {len(texts):,} training texts ({'/'.join(sources)}; "
-            f"alpha {fit.alpha:.3g}, rank {self.readout_in.shape[1]})"
+            f"ridge readout fitted on {len(embeddings):,} training texts (alpha {fit.alpha:.3g}, "
+            f"rank {self.readout_in.shape[1]})"
         )
         return fit

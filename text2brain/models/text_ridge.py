@@ -32,7 +32,6 @@ from text2brain.metrics import dice_auc_from_curve, dice_curve
 from text2brain.models.closed_form import ClosedFormModule
 from text2brain.models.encoders import TextEncoder
 from text2brain.models.readout import RidgeReadout
-from text2brain.models.ridge import RELATIVE_ALPHAS
 from text2brain.models.settings import TextEncoderSettings
 from text2brain.models.targets import parse_transform, transform_targets
 from text2brain.models.text_head import TextEncoderHead
@@ -59,7 +58,8 @@ class TextRidge(RidgeReadout, TextEncoderHead, ClosedFormModule):
         alpha_selection: "loo" (leave-one-out squared error) or "validation" (Dice-AUC of
             the validation titles; the head's own validation score is then optimistic by
             the selection, its test score is not).
-        alpha_grid: relative penalties to choose from.
+        alpha_grid: relative penalties to choose from (on NeuroQuery validation Dice-AUC
+            peaks at 0.3, within 0.0001 from 0.3 to 1).
     """
 
     def __init__(
@@ -70,7 +70,7 @@ class TextRidge(RidgeReadout, TextEncoderHead, ClosedFormModule):
         rank: int | None = 32,
         alpha: float | None = None,
         alpha_selection: str = "validation",
-        alpha_grid: Sequence[float] = RELATIVE_ALPHAS,
+        alpha_grid: Sequence[float] = (0.03, 0.1, 0.3, 1.0, 3.0),
     ) -> None:
         super().__init__(text=text)
         parse_transform(target_transform)  # a bad name fails here, not at fit
@@ -108,8 +108,9 @@ class TextRidge(RidgeReadout, TextEncoderHead, ClosedFormModule):
         _, maps = datamodule.article_maps("train")
         targets = self.training_targets(maps)
         targets -= self.mean_map.cpu()
+        embeddings, rows = self.readout_inputs(datamodule, self.sources)
         if len(self.alphas) == 1 or self.hparams.alpha_selection == "loo":
-            fit = self.fit_readout_on(datamodule, targets, self.sources, self.alphas)
+            fit = self.fit_readout_from(embeddings, rows, targets, self.alphas)
             self.alpha.fill_(fit.alpha)
             return
         titles, val_maps = datamodule.titled_article_maps("val")
@@ -119,7 +120,7 @@ class TextRidge(RidgeReadout, TextEncoderHead, ClosedFormModule):
         val_maps = torch.from_numpy(np.asarray(val_maps, np.float32))
         scores, readouts = [], []
         for alpha in self.alphas:
-            fit = self.fit_readout_on(datamodule, targets, self.sources, [alpha])
+            fit = self.fit_readout_from(embeddings, rows, targets, [alpha])
             pred = self.readout_maps(queries.to(self.readout_in.device)).cpu() + self.mean_map.cpu()
             scores.append(float(dice_auc_from_curve(dice_curve(pred, val_maps)).mean()))
             readouts.append((fit.alpha, [b.clone() for b in self.readout_buffers()]))

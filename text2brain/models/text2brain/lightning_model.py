@@ -104,7 +104,8 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
         if self.residual:
             targets -= self.mean_map.cpu()
         alphas = RELATIVE_ALPHAS if self.readout_alpha is None else [self.readout_alpha]
-        self.fit_readout_on(datamodule, targets, self.readout_sources, alphas)
+        embeddings, rows = self.readout_inputs(datamodule, self.readout_sources)
+        self.fit_readout_from(embeddings, rows, targets, alphas)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         return self.masked_maps(self.text_features(batch))
