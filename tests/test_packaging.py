@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from text2brain.releases import DEFAULT_MODEL
+
 pytest.importorskip("setuptools.build_meta")  # the dev extra
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +90,7 @@ def released(checkout: Path) -> set[str]:
     ).stdout.decode()
     names = {n.removeprefix("checkpoints/") for n in filter(None, listed.split("\0"))}
     folders = {n.split("/")[0] for n in names if n.count("/") == 1 and n.endswith("/model.json")}
-    assert "text2brain-minilm" in folders
+    assert DEFAULT_MODEL in folders
     return PACKAGE_FILES | {n for n in names if n.split("/")[0] in folders}
 
 
@@ -109,7 +111,7 @@ def test_wheel_holds_every_module_and_only_the_released_models(
         listed = built.namelist()
         names = set(listed)
         entry_points = built.read("text2brain-0.1.0.dist-info/entry_points.txt").decode()
-        default_weights = built.read("text2brain/checkpoints/text2brain-minilm/model.safetensors")
+        default_weights = built.read(f"text2brain/checkpoints/{DEFAULT_MODEL}/model.safetensors")
     assert len(names) == len(listed)
     package = {n for n in names if n.startswith("text2brain/")}
     subpackages = {p.parent.as_posix() for p in checkout.glob("text2brain/**/__init__.py")}
@@ -122,7 +124,7 @@ def test_wheel_holds_every_module_and_only_the_released_models(
     # Every committed release (pyproject.toml's package data names each), no run's checkpoint
     # or export, however named.
     assert mapped == released
-    model = checkout / "checkpoints" / "text2brain-minilm" / "model.safetensors"
+    model = checkout / "checkpoints" / DEFAULT_MODEL / "model.safetensors"
     assert default_weights == model.read_bytes()
     others = names - package
     assert all(n.startswith("text2brain-0.1.0.dist-info/") for n in others), sorted(others)

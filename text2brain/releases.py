@@ -2,7 +2,7 @@
 
 A release is a folder written by `text2brain export` in the repository's checkpoints/ folder,
 installed as the package `text2brain.checkpoints` (see checkpoints/README.md). Its name is the
-folder's (`text2brain-minilm`, `mnm-minilm`); the registered name of its head (`text2brain`,
+folder's (`text-ridge-minilm`, `mnm-minilm`); the registered name of its head (`text_ridge`,
 `mnm`) names it too when exactly one release has that head, so `load_predictor("mnm")` and
 `text2brain query --model mnm` need no path. Kept apart from text2brain.checkpoint so that
 listing the releases (in a command's help) imports no torch.
@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 #: Name of the released default model (`load_predictor()`, `text2brain query` without a model).
-DEFAULT_MODEL = "text2brain-minilm"
+DEFAULT_MODEL = "text-ridge-minilm"
 #: The package whose export folders are the released models (the repository's checkpoints/).
 RELEASES_PACKAGE = "text2brain.checkpoints"
 #: What a released model's name may look like (no path separator: a name is never a path).

@@ -13,7 +13,7 @@ from synthetic import tiny_datamodule
 
 from text2brain.models.closed_form import ClosedFormModule
 from text2brain.models.ridge import fit_ridge
-from text2brain.models.text_ridge import TextRidge
+from text2brain.models.text_ridge import TextRidge, TextRidgeInference
 
 #: Registered name -> tiny init_args (tests/model_configs.py gathers it for the registry tests).
 TINY_CONFIGS = {
@@ -78,3 +78,15 @@ def test_leave_one_out_selection(fit_closed_form: Callable[..., ClosedFormModule
 def test_bad_arguments_are_refused(tiny_bert: Path, overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TextRidge(**{**TINY_CONFIGS["text_ridge"](str(tiny_bert)), **overrides})
+
+
+def test_the_inference_class_predicts_the_fitted_heads_maps(
+    closed_form_heads: dict[str, ClosedFormModule], tiny_bert: Path
+) -> None:
+    """`load_predictor`'s Lightning-free class: the same state dict, the same maps."""
+    fitted = closed_form_heads["text_ridge"]
+    inference = TextRidgeInference(text=fitted.hparams.text, rank=fitted.hparams.rank)
+    inference.set_space(fitted.space)
+    inference.load_state_dict(fitted.state_dict())
+    queries = ["visual cortex", "working memory and pain"]
+    torch.testing.assert_close(inference.predict_texts(queries), fitted.predict_texts(queries))

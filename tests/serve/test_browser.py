@@ -46,11 +46,12 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from text2brain.releases import DEFAULT_MODEL  # noqa: E402
 from text2brain.serve.app import create_app  # noqa: E402
 from text2brain.serve.runner import running  # noqa: E402
 
 SCREENSHOT_ENV = "TEXT2BRAIN_SERVE_SCREENSHOT"
-RELEASED = "text2brain-minilm"
+RELEASED = DEFAULT_MODEL
 QUERY = "self-generated thought"
 WAIT_S = 90
 #: WebGL without a GPU: Chromium's software renderer (SwiftShader).

@@ -34,6 +34,7 @@ MODELS: dict[str, str] = {
 
 INFERENCE_MODELS: dict[str, str] = {
     "text2brain": "text2brain.models.text2brain.torch_model.Text2BrainInference",
+    "text_ridge": "text2brain.models.text_ridge.torch_model.TextRidgeInference",
 }
 
 

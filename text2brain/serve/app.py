@@ -4,7 +4,7 @@
 from text2brain.inference import load_predictor
 from text2brain.serve.app import create_app
 
-app = create_app({"text2brain-minilm": load_predictor()})  # any ASGI server runs it
+app = create_app({"text-ridge-minilm": load_predictor()})  # any ASGI server runs it
 ```
 
 Endpoints (every error is JSON, ``{"error": MESSAGE, "status": CODE}``, with a 4xx status):

@@ -1,4 +1,4 @@
-"""The text-ridge head: a frozen sentence encoder's embedding, read out to a map by a ridge.
+"""The text-ridge head in the zoo: the readout's closed-form fit (maths: torch_model).
 
 Text2Brain without its decoder: the training-mean map plus a reduced-rank ridge readout of
 the embedding (text2brain.models.readout), fitted in closed form on the training articles'
@@ -24,17 +24,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from text2brain.brain import BrainSpace
 from text2brain.data.datamodule import FIT_SOURCES
 from text2brain.metrics import dice_auc_from_curve, dice_curve
 from text2brain.models.closed_form import ClosedFormModule
-from text2brain.models.encoders import TextEncoder
-from text2brain.models.readout import RidgeReadout
 from text2brain.models.settings import TextEncoderSettings
 from text2brain.models.targets import parse_transform, transform_targets
 from text2brain.models.text_head import TextEncoderHead
+from text2brain.models.text_ridge.torch_model import TextRidgeMaths
 from text2brain.text import check_texts
 
 log = logging.getLogger(__name__)
@@ -42,7 +40,7 @@ log = logging.getLogger(__name__)
 ALPHA_SELECTIONS = ("loo", "validation")
 
 
-class TextRidge(RidgeReadout, TextEncoderHead, ClosedFormModule):
+class TextRidge(TextRidgeMaths, TextEncoderHead, ClosedFormModule):
     """The mean map plus a ridge readout of a frozen encoder's embedding; nothing trained.
 
     Args:
@@ -86,16 +84,9 @@ class TextRidge(RidgeReadout, TextEncoderHead, ClosedFormModule):
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise ValueError(f"rank must be a positive int or null, got {rank!r}")
         self.sources = tuple(sources)
+        self.rank = rank
         self.target_transform = target_transform
         self.alphas = alphas
-
-    def build(self, space: BrainSpace) -> None:
-        encoder = TextEncoder.from_settings(self.text_settings)
-        encoder.requires_grad_(False)  # nothing is trained: a fixed function of the text
-        self.net = nn.ModuleDict({"text_encoder": encoder})
-        self.register_buffer("mean_map", torch.zeros(space.n_voxels))
-        self.build_readout(encoder.dim, space.n_voxels, self.hparams.rank)
-        self.register_buffer("alpha", torch.tensor(0.0))  # the chosen penalty, absolute
 
     def normalise_target(self, target: Tensor) -> Tensor:
         scaled = target / target.amax(dim=1, keepdim=True).clamp_min(1e-12)
@@ -145,8 +136,7 @@ class TextRidge(RidgeReadout, TextEncoderHead, ClosedFormModule):
 
     # -- prediction ---------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Tensor:
-        embeddings = self.encode_texts(list(batch["text"])).to(self.readout_in.device)
-        return self.readout_maps(embeddings) + self.mean_map
+        return self.maps_of(self.encode_texts(list(batch["text"])))
 
     @torch.inference_mode()
     def predict_texts(self, texts: list[str]) -> Tensor:
