@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from text2brain.brain import BrainSpace
 from text2brain.models.encoders import TextEncoder
-from text2brain.models.head import BrainMapHead
+from text2brain.models.head import TRAINING_HPARAMS, BrainMapHead
 from text2brain.models.readout import RidgeReadout
 from text2brain.models.settings import TextEncoderSettings, as_settings
 from text2brain.text import check_texts
@@ -47,7 +47,7 @@ class TextRidgeInference(TextRidgeMaths, BrainMapHead):
 
     #: The head's name in messages (the registered LightningModule's).
     model_name = "TextRidge"
-    ignored_hparams = ("sources", "target_transform", "alpha", "alpha_selection", "alpha_grid")
+    ignored_hparams = (*TRAINING_HPARAMS, "sources", "alpha", "alpha_selection", "alpha_grid")
 
     def __init__(self, text: TextEncoderSettings | dict[str, Any] | None = None,
                  rank: int | None = 32) -> None:  # fmt: skip
