@@ -37,7 +37,6 @@ from text2brain.models.head import BrainMapHead
 from text2brain.text import check_texts, quoted
 
 if TYPE_CHECKING:
-    from text2brain.corpus.base import Corpus
     from text2brain.interop.meta import MetaAnalysis
     from text2brain.models.contrastive.retrieval import RelatedArticle
 
@@ -276,40 +275,21 @@ class Predictor:
         k: int = 50,
         estimator: str = "ale",
         correction: str = "fdr",
-        *,
-        corpus: Corpus | None = None,
-        data_dir: str | None = None,
-        alpha: float = 0.05,
-        n_iters: int | None = None,
-        n_cores: int = 1,
-        estimator_args: dict[str, Any] | None = None,
-        fwhm: float = 9.0,
+        **options: Any,
     ) -> MetaAnalysis:
         """NiMARE's ALE or MKDA density over the `k` studies the model retrieves for `query`.
 
         Contrastive heads retrieve with `related_articles`; other heads take the training
         articles whose maps correlate best with the predicted map. Peaks (and, for other
-        heads, the candidate articles) come from `corpus`, default the NeuroQuery corpus at
-        $TEXT2BRAIN_DATA_DIR or `data_dir`. Returns a `MetaAnalysis` (corrected and
-        thresholded z maps, the studies, the Dice with the learned map); see
-        text2brain.interop.meta. Needs `pip install "text2brain[nimare]"`.
+        heads, the candidate articles) come from the `corpus` option, default the NeuroQuery
+        corpus at $TEXT2BRAIN_DATA_DIR or the `data_dir` option; the other options (`alpha`,
+        `n_iters`, `n_cores`, `estimator_args`, `fwhm`) are text2brain.interop.meta's
+        `meta_analysis`'s. Returns a `MetaAnalysis` (corrected and thresholded z maps, the
+        studies, the Dice with the learned map). Needs `pip install "text2brain[nimare]"`.
         """
         from text2brain.interop.meta import meta_analysis
 
-        return meta_analysis(
-            self,
-            query,
-            k,
-            estimator,
-            correction,
-            corpus=corpus,
-            data_dir=data_dir,
-            alpha=alpha,
-            n_iters=n_iters,
-            n_cores=n_cores,
-            estimator_args=estimator_args,
-            fwhm=fwhm,
-        )
+        return meta_analysis(self, query, k, estimator, correction, **options)
 
     def _retrieval(self, name: str, what: str) -> Any:
         method = getattr(self.model, name, None)
