@@ -47,13 +47,21 @@ class RidgeReadout:
         return (embedding.float() @ self.readout_in) @ self.readout_out + self.readout_bias
 
     @torch.no_grad()
-    def training_targets(self, maps: np.ndarray) -> Tensor:
+    def training_targets(self, maps: np.ndarray, residual: bool) -> Tensor:
         """The head's targets (n, n_voxels) float32 of raw article maps: normalised and
         transformed by the head (`normalise_target`), in place block by block, since `maps`
-        is already an in-memory copy (1.2 GB on NeuroQuery)."""
+        is already an in-memory copy (1.2 GB on NeuroQuery). With `residual`, their mean
+        (summed in float64 in the same pass, as `training_mean_map` does) becomes `mean_map`
+        and is taken off them, so the maps are not read and normalised a second time."""
         targets = torch.from_numpy(np.asarray(maps, np.float32))
+        total = torch.zeros(targets.shape[1], dtype=torch.float64)
         for block in targets.split(1024):
             block.copy_(self.normalise_target(block))
+            if residual:
+                total += block.sum(0, dtype=torch.float64)
+        if residual:
+            self.mean_map.copy_((total / len(targets)).float())
+            targets -= self.mean_map.cpu()
         return targets
 
     @torch.no_grad()

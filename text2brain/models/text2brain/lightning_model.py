@@ -91,18 +91,17 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
         super().on_fit_start()
         if self.trainer.ckpt_path is not None:
             return
-        if self.residual:
-            self.mean_map.copy_(self.training_mean_map())
         if self.readout == "ridge":
-            self.fit_readout()
+            self.fit_readout()  # its targets give the mean map too
+        elif self.residual:
+            self.mean_map.copy_(self.training_mean_map())
 
     def fit_readout(self) -> None:
-        """Fit the ridge readout on the training articles' `readout_sources` texts."""
+        """Fit the ridge readout on the training articles' `readout_sources` texts (and, with
+        `residual`, the training-mean map it predicts over)."""
         datamodule = self.trainer.datamodule
         _, maps = datamodule.article_maps("train")
-        targets = self.training_targets(maps)
-        if self.residual:
-            targets -= self.mean_map.cpu()
+        targets = self.training_targets(maps, residual=self.residual)  # sets mean_map
         alphas = RELATIVE_ALPHAS if self.readout_alpha is None else [self.readout_alpha]
         embeddings, rows = self.readout_inputs(datamodule, self.readout_sources)
         self.fit_readout_from(embeddings, rows, targets, alphas)

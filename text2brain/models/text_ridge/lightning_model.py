@@ -95,10 +95,8 @@ class TextRidge(TextRidgeMaths, TextEncoderHead, ClosedFormModule):
     # -- the fit ------------------------------------------------------------------------------
     def fit_closed_form(self, datamodule: Any) -> None:
         self.attach_embedding_cache(build=True)
-        self.mean_map.copy_(self.training_mean_map())
         _, maps = datamodule.article_maps("train")
-        targets = self.training_targets(maps)
-        targets -= self.mean_map.cpu()
+        targets = self.training_targets(maps, residual=True)  # sets mean_map
         embeddings, rows = self.readout_inputs(datamodule, self.sources)
         if len(self.alphas) == 1 or self.hparams.alpha_selection == "loo":
             fit = self.fit_readout_from(embeddings, rows, targets, self.alphas)
