@@ -414,17 +414,10 @@ class TextMapDataModule(L.LightningDataModule):
     def titled_article_maps(self, stage: str) -> tuple[list[str], np.ndarray]:
         """(titles, article maps) of a split's articles that have a title, in split order: what
         the closed-form fits on titles read. The untitled ones are left out, counted in one
-        warning."""
+        warning (`article_texts`)."""
+        titles, rows = self.article_texts(stage, ("title",))
         _, maps = self.article_maps(stage)
-        titles = [self.corpus.articles[i].title or "" for i in self.indices_of(stage)]
-        rows = [i for i, title in enumerate(titles) if title.strip()]
-        if len(rows) < len(titles):
-            warnings.warn(
-                f"{len(titles) - len(rows):,} {stage} articles without a title are left out",
-                stacklevel=2,
-            )
-            maps = maps[rows]
-        return [titles[i] for i in rows], maps
+        return titles, maps if len(rows) == len(maps) else maps[rows]
 
     def article_texts(
         self, stage: str, sources: Sequence[str] = ("title",)
