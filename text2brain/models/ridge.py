@@ -274,17 +274,16 @@ def fit_ridge(
     spectrum = _CentredSpectrum(features, dtype)
     scale = float(spectrum.s2.sum()) / min(n, p) if relative else 1.0
     absolute = [a * scale for a in alphas]
-    # ybar in float64 row block by row block, not through a float64 copy of all targets; with
-    # target_rows each target counts as often as samples share it.
-    counts = None if rows is None else torch.bincount(rows, minlength=len(targets)).double()
+    # ybar in float64 row block by row block, not through a float64 copy of all targets; each
+    # target weighted by how many samples it serves (1 each without target_rows).
+    counts = torch.ones(len(targets), dtype=torch.float64)
+    if rows is not None:
+        counts = torch.bincount(rows, minlength=len(targets)).double()
+    starts = range(0, len(targets), 1024)
     target_mean = (
         sum(
-            (
-                block.double()
-                if counts is None
-                else counts[start : start + 1024, None] * block.double()
-            ).sum(0)
-            for start, block in zip(range(0, len(targets), 1024), targets.split(1024), strict=True)
+            counts[s : s + 1024] @ block.double()
+            for s, block in zip(starts, targets.split(1024), strict=True)
         )
         / n
     )
