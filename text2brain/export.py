@@ -55,7 +55,7 @@ from text2brain.checkpoint import (
     build_model,
     checkpoint_path,
     file_sha256,
-    load_model,
+    model_from_checkpoint,
     read_checkpoint,
     registered_class,
 )
@@ -127,7 +127,8 @@ def export_checkpoint(
     if isinstance(bank, dict) and bank.get("embeddings") is None:
         # A contrastive head saved between two validations (a periodic last.ckpt) left its
         # stale bank embeddings out: compute them once here, not at every load of the export.
-        ckpt["text2brain"]["bank"] = load_model(path).require_bank("be exported").to_dict()
+        model = model_from_checkpoint(path, ckpt)  # the dict read above, not the file again
+        ckpt["text2brain"]["bank"] = model.require_bank("be exported").to_dict()
     state = ckpt["state_dict"]
 
     base_keys: list[str] = []

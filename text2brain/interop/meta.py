@@ -212,7 +212,8 @@ def _related(
             f"k={k} is more than the {len(found)} articles of the model's retrieval bank; "
             f"ask for at most {len(found)}"
         )
-    missing = [a.article_id for a in found if a.article_id not in set(corpus.ids)]
+    known = set(corpus.ids)
+    missing = [a.article_id for a in found if a.article_id not in known]
     if missing:
         raise ValueError(
             f"{len(missing)} of the retrieved articles are not in corpus {corpus.name!r} (e.g. "
