@@ -3,6 +3,7 @@ on top of them, with wall time: the tables of issue 13 (checkpoints/README.md).
 
     python experiments/readout_variants.py sources      # which training texts the ridge reads
     python experiments/readout_variants.py learned      # MLP / linear heads after the ridge
+    python experiments/readout_variants.py ensemble     # ridge + nearest-article retrieval
 
 `sources`: the rank-32 ridge readout (text2brain.models.ridge, power-0.1 targets over the mean
 map) fitted on the training titles, then also on each article's keywords (each keyword a text,
@@ -11,7 +12,12 @@ leave-one-out and at fixed relative values. `learned`: on the readout's residual
 or an MLP (LayerNorm, 1024 GELU, dropout 0.5) predicting the coefficients of the residual's
 top 128 principal maps (a decoder in a low-rank basis of training maps), zero-initialised so
 it starts at the readout; and an MLP readout alone (no ridge; top 256 maps). AdamW 1e-3, batch
-64, validation after epochs 1-16. Selection happens on validation; the test split is not read.
+64, validation after epochs 1-16. `ensemble`: the title ridge of `sources`' default row
+(titles + keyword lists + abstracts, relative penalty 0.3), retrieval (the softmax(cos / T)-
+weighted mean of the k nearest training texts' power-0.1 maps, over a bank of titles, or of
+titles, keyword lists and abstracts), the fitted NeuroQuery-style head of
+`checkpoints/neuroquery/best.ckpt` (if there), each alone and z-scored in weighted sums on a
+grid of step 0.1. Selection happens on validation; the test split is not read.
 Embeddings are computed once into --work (bf16 autocast where the CPU has native bf16).
 """
 
@@ -23,13 +29,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from text2brain.bench.machine import describe_machine
+from text2brain.checkpoint import load_model
 from text2brain.data import TextMapDataModule
 from text2brain.metrics import dice_auc_from_curve, dice_curve
 from text2brain.models.embedding_cache import length_batches
 from text2brain.models.encoders import TextEncoder
+from text2brain.models.ensemble import normalise_maps, simplex_grid
 from text2brain.models.ridge import RELATIVE_ALPHAS, fit_ridge
 from text2brain.models.targets import transform_targets
 from text2brain.precision import cpu_bf16
@@ -175,15 +184,79 @@ def learned(a: dict[str, np.ndarray], epochs: int = 16) -> None:
                   f"val {score:.5f}", flush=True)  # fmt: skip
 
 
+def knn_maps(queries: Tensor, bank: Tensor, rows: Tensor, maps: Tensor, k: int, t: float) -> Tensor:
+    """Softmax(cos / t)-weighted mean of the maps of the k bank texts nearest each query; a
+    bank text is a row of its article's map (`rows`), so an article found twice counts twice."""
+    similarity = F.normalize(queries, dim=1) @ F.normalize(bank, dim=1).T
+    values, index = similarity.topk(k, dim=1)
+    weights = torch.zeros(len(queries), len(maps))
+    weights.scatter_add_(1, rows[index], torch.softmax(values / t, dim=1))
+    return weights @ maps
+
+
+def ensemble(a: dict[str, np.ndarray]) -> None:
+    maps = targets_of(a["train_maps"])
+    mean = maps.mean(0)
+    n = len(maps)
+    titled = a["val_has_title"]
+    queries, val_maps = torch.from_numpy(a["val_titles"][titled]), a["val_maps"][titled]
+    articles = np.arange(n)
+    parts = [
+        (a["train_titles"][a["train_has_title"]], articles[a["train_has_title"]]),
+        (a["keywords"][a["has_keywords"]], articles[a["has_keywords"]]),
+        (a["abstract"][a["has_abstract"]], articles[a["has_abstract"]]),
+    ]
+    features = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+    rows = np.concatenate([p[1] for p in parts])
+    fit = fit_ridge(features, maps - mean, [0.3], relative=True, loo_voxels=256, rank=32,
+                    dtype=torch.float64, target_rows=rows)  # fmt: skip
+    predictions = {"ridge": mean + fit.intercept + queries @ fit.coef}
+    for name, used in (("retrieval (titles)", [0]), ("retrieval (all texts)", [0, 1, 2])):
+        bank = torch.from_numpy(np.concatenate([parts[p][0] for p in used]))
+        bank_rows = torch.from_numpy(np.concatenate([parts[p][1] for p in used]))
+        best = (-1.0, None)
+        for k in (100, 200, 400, 800):
+            for t in (0.05, 0.1, 0.2):
+                start = time.perf_counter()
+                chunks = queries.split(100)
+                pred = torch.cat([knn_maps(q, bank, bank_rows, maps, k, t) for q in chunks])
+                score = dice_auc(pred, val_maps)
+                print(f"{name:24s} k {k:4d} T {t:4}  val {score:.5f}  "
+                      f"{time.perf_counter() - start:4.0f} s", flush=True)  # fmt: skip
+                best = max(best, (score, pred), key=lambda x: x[0])
+        predictions[name] = best[1]
+    neuroquery = Path("checkpoints/neuroquery/best.ckpt")
+    if neuroquery.is_file():
+        data = TextMapDataModule(batch_size=64, num_workers=0)
+        data.setup()
+        titles = [data.corpus.articles[i].title for i in data.indices_of("val")]
+        model = load_model(neuroquery)
+        with torch.no_grad():
+            predictions["NeuroQuery-style"] = model.predict_texts(
+                [t for t, has in zip(titles, titled, strict=True) if has]
+            ).float()
+    z = {name: normalise_maps(p, "zscore") for name, p in predictions.items()}
+    for name, p in z.items():
+        print(f"{name:24s} alone  val {dice_auc(p, val_maps):.5f}")
+    names = list(z)
+    scored = []
+    for weights in simplex_grid(len(names), 10).float():
+        combined = sum(w * z[name] for w, name in zip(weights, names, strict=True))
+        scored.append((dice_auc(combined, val_maps), weights.tolist()))
+    for score, weights in sorted(scored, reverse=True)[:10]:
+        print("  ".join(f"{n} {w:.1f}" for n, w in zip(names, weights, strict=True)),
+              f" val {score:.5f}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("table", choices=["sources", "learned"])
+    parser.add_argument("table", choices=["sources", "learned", "ensemble"])
     parser.add_argument("--work", type=Path, default=Path("runs/readout_variants"))
     args = parser.parse_args()
     torch.set_float32_matmul_precision("highest")
     print(describe_machine())
     arrays = inputs(args.work)
-    sources(arrays) if args.table == "sources" else learned(arrays)
+    {"sources": sources, "learned": learned, "ensemble": ensemble}[args.table](arrays)
 
 
 if __name__ == "__main__":

@@ -293,6 +293,7 @@ def build_model(
         )
     try:
         model = cls(**hparams)
+        model.pretrained_encoders = pretrained
         model.on_load_checkpoint(ckpt)
     except (TypeError, ValueError) as err:
         raise CheckpointError(

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from model_configs import tiny_model
 from synthetic import (
     QUERIES,
@@ -192,6 +193,29 @@ def test_the_checkpoint_holds_its_members(
     )
     assert 0 < results["test/dice_auc"] <= 0.25
     assert fresh.weights_by_member == model.weights_by_member
+
+
+def test_an_export_takes_the_members_unchanged_encoders_from_the_base(
+    data_files: dict[str, str], tiny_bert: Path, tmp_path: Path
+) -> None:
+    """A member with a frozen encoder (text-ridge) stores no encoder weights in the export:
+    like a head alone, they come from the installed base encoder, fingerprint-checked."""
+    head = tiny_model("text_ridge", tiny_bert, text={"pretrained": True})  # the base weights
+    ridge = fit_and_save(head, data_files, tmp_path / "ridge.ckpt")
+    members = {"ridge": str(ridge), "mean": tiny_members()["corpus_mean"]}
+    model = fitted(data_files, members=members, weights={"ridge": 0.75, "mean": 0.25})
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "ensemble.ckpt")
+    expected = model.predict_texts(list(QUERIES)).numpy()
+
+    summary = export_checkpoint(tmp_path / "ensemble.ckpt", tmp_path / "export", dtype="float32")
+    encoder_keys = [k for k in model.state_dict() if ".text_encoder." in k]
+    assert encoder_keys and summary.n_base_encoder_tensors == len(encoder_keys)
+    stored = safe_open(tmp_path / "export" / "model.safetensors", "pt").keys()
+    assert not [k for k in stored if ".text_encoder." in k]
+    exported = load_predictor(tmp_path / "export", device="cpu")
+    assert np.allclose(exported.predict_vectors(list(QUERIES)), expected, atol=1e-5)
 
 
 # -- bad input ------------------------------------------------------------------------------------

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from synthetic import small_space
+from synthetic import small_space, tiny_datamodule
 
 from text2brain.models.retrieval import Retrieval
+from text2brain.models.targets import scaled_targets
 
 #: Registered name -> tiny init_args (tests/model_configs.py gathers it for the registry tests).
 TINY_CONFIGS = {
@@ -72,11 +75,28 @@ def test_k_and_temperature_are_chosen_on_validation(
         ({"k": 0}, "k and k_grid must be positive ints"),
         ({"temperature_grid": [0.1, -1.0]}, "must be > 0"),
         ({"map_dtype": "int8"}, "map_dtype must be one of"),
+        ({"target_transform": "cube"}, "target_transform 'cube' is not one of"),
     ],
 )
 def test_bad_arguments_are_refused(tiny_bert: Path, overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Retrieval(**{**TINY_CONFIGS["retrieval"](str(tiny_bert)), **overrides})
+
+
+def test_the_bank_holds_the_training_maps_on_the_transformed_scale(
+    fit_closed_form: Callable[..., Retrieval], data_files: dict[str, str]
+) -> None:
+    data = tiny_datamodule(data_files)
+    data.setup()
+    _, maps = data.titled_article_maps("train")
+    maps = torch.from_numpy(np.asarray(maps, np.float32))
+    for transform in ("none", "power:0.1"):
+        model = fit_closed_form("retrieval", target_transform=transform, map_dtype="float32")
+        expected = scaled_targets(maps, transform)
+        torch.testing.assert_close(model.bank_maps, expected)
+        assert float(model.bank_maps.amax()) == pytest.approx(1.0)  # max-scaled either way
+    # The 0.1 power lifts the shoulders of the peaks: a map's mean moves towards its maximum.
+    assert float(expected.mean()) > float(scaled_targets(maps, "none").mean())
 
 
 def test_fixed_k_and_temperature_skip_the_search(tiny_bert: Path) -> None:

@@ -296,7 +296,7 @@ class Ensemble(ClosedFormModule):
             cls = registered_class(
                 label, info.get("class_path") or sub["hyper_parameters"].get("_class_path")
             )
-            member = build_model(label, cls, sub)
+            member = build_model(label, cls, sub, pretrained=self.pretrained_encoders)
             self._check_space(name, member, "in the checkpoint")
             members[name] = member.requires_grad_(False)
             records[name] = {k: sub[k] for k in ("hyper_parameters", "text2brain")}

@@ -31,6 +31,10 @@ class BrainMapHead(nn.Module):
     ignored_hparams: tuple[str, ...] = TRAINING_HPARAMS
     #: Whether the head only predicts (its text encoder may then skip transformers).
     inference_only = True
+    #: Set by text2brain.checkpoint.build_model: whether the head's text encoders start from
+    #: the installed base weights, so a head made of other heads (the ensemble) builds its
+    #: members' encoders alike (an export leaves those weights out and takes them from there).
+    pretrained_encoders = False
 
     def __init__(self) -> None:
         super().__init__()

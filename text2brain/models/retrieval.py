@@ -2,10 +2,14 @@
 
 The classic retrieval meta-analysis, with a sentence encoder instead of term matching: the
 frozen text encoder embeds every training title once (the embedding cache), a query's
-cosine similarities to them pick the `k` nearest articles, and their max-scaled maps are
-averaged with weights ``softmax(similarity / temperature)``. Nothing is trained: `k` and the
-temperature are chosen in closed form, at fit, by validation Dice-AUC over a grid (so the
-head's own validation score is optimistic by the selection; its test score is not).
+cosine similarities to them pick the `k` nearest articles, and their max-scaled maps, through
+the head's target transform (text2brain.models.targets), are averaged with weights
+``softmax(similarity / temperature)``; predictions are on that transformed scale. Why the
+transform: Dice-AUC reads which voxels rank in a map's top 5-30%, and a mean of maps raised to
+a small power counts how many neighbours activate a voxel more than how strongly (close to a
+vote), where a mean of max-scaled maps follows the few strongest peaks. Nothing is trained:
+`k` and the temperature are chosen in closed form, at fit, by validation Dice-AUC over a grid
+(so the head's own validation score is optimistic by the selection; its test score is not).
 
 Its checkpoint holds the training titles' embeddings and their maps (float16 by default:
 0.68 GB on NeuroQuery; 1.2 GB in memory as float32), so it predicts without the corpus.
@@ -29,6 +33,7 @@ from text2brain.models.closed_form import ClosedFormModule
 from text2brain.models.contrastive.retrieval import retrieval_weights, weighted_maps
 from text2brain.models.encoders import TextEncoder
 from text2brain.models.settings import TextEncoderSettings
+from text2brain.models.targets import parse_transform, scaled_targets
 from text2brain.models.text_head import TextEncoderHead
 from text2brain.text import check_texts
 
@@ -50,6 +55,8 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
         k, temperature: fixed values instead of choosing them (None: choose).
         map_dtype: how the checkpoint stores the training maps ("float16" halves it; they are
             rounded so at fit, and held and averaged in float32).
+        target_transform: the monotone transform of the max-scaled maps that are averaged
+            ("none", "sqrt", "power:P", "log1p:C"; text2brain.models.targets).
     """
 
     fitted_buffers = ("bank_embeddings", "bank_maps", "validation_scores")
@@ -62,8 +69,10 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
         k: int | None = None,
         temperature: float | None = None,
         map_dtype: str = "float16",
+        target_transform: str = "power:0.1",
     ) -> None:
         super().__init__(text=text)
+        parse_transform(target_transform)  # a bad name fails here, not at fit
         ks = [k] if k is not None else list(k_grid)
         temperatures = [temperature] if temperature is not None else list(temperature_grid)
         if not ks or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in ks):
@@ -73,6 +82,7 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
         if map_dtype not in MAP_DTYPES:
             raise ValueError(f"map_dtype must be one of {sorted(MAP_DTYPES)}, got {map_dtype!r}")
         self.ks, self.temperatures = ks, temperatures
+        self.target_transform = target_transform
 
     def build(self, space: BrainSpace) -> None:
         encoder = TextEncoder.from_settings(self.text_settings)
@@ -89,9 +99,8 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
         self.attach_embedding_cache(build=True)
         embeddings, maps = self._titled(datamodule, "train")
         self.bank_embeddings = embeddings.to(self.device)
-        scale = maps.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
         # Rounded as the checkpoint will store them, so a loaded head predicts the same maps.
-        stored = (maps / scale).to(MAP_DTYPES[self.hparams.map_dtype])
+        stored = self.normalise_target(maps).to(MAP_DTYPES[self.hparams.map_dtype])
         self.bank_maps = stored.float().to(self.device)
         val_embeddings, val_maps = self._titled(datamodule, "val")
         scores = torch.zeros(len(self.ks), len(self.temperatures))
@@ -126,6 +135,10 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
             self.ks,
             self.temperatures,
         )
+
+    def normalise_target(self, target: Tensor) -> Tensor:
+        """Maps on the scale of the head's predictions: max-scaled, then transformed."""
+        return scaled_targets(target, self.target_transform)
 
     def _titled(self, datamodule: Any, stage: str) -> tuple[Tensor, Tensor]:
         """Unit title embeddings (n, d) and float32 maps (n, voxels) of a split's articles

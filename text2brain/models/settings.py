@@ -70,6 +70,10 @@ class BrainEncoderSettings:
             None offset = centred. The shipped configs read Text2Brain's box, [40, 48, 40] at
             [3, 3, 0] of the 4 mm grid, which holds the whole NeuroQuery mask.
         dropout: before the final projection.
+        input_scale: how each map is scaled before the CNN
+            (text2brain.models.contrastive.retrieval.MAP_SCALES): "max" (largest value 1: the
+            shape only) or "mass" (total activation 100: a concentrated map has higher values
+            than a spread-out one, so the CNN sees how specific a map is).
     """
 
     channels: tuple[int, ...] = (8, 16, 32)
@@ -78,6 +82,7 @@ class BrainEncoderSettings:
     crop: tuple[int, ...] | None = None
     offset: tuple[int, ...] | None = None
     dropout: float = 0.1
+    input_scale: str = "max"
 
 
 @dataclass(frozen=True)

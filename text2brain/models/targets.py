@@ -21,6 +21,22 @@ import torch
 from torch import Tensor
 
 TRANSFORMS = ("none", "sqrt", "power:P", "log1p:C")
+#: Floor of a map's largest absolute value when it is scaled (all-zero maps stay zero).
+_TINY = 1e-12
+
+
+def scale_maps(maps: Tensor) -> Tensor:
+    """Each map divided by its largest absolute value: (n, n_voxels) -> the same shape.
+
+    Why: an article-average map's scale says how many of its peaks overlap, not where the
+    activation is; the heads' targets, the brain encoder and the retrieval banks see shapes.
+    """
+    return maps / maps.abs().amax(dim=-1, keepdim=True).clamp_min(_TINY)
+
+
+def scaled_targets(maps: Tensor, spec: str) -> Tensor:
+    """Maps (n, n_voxels) max-scaled (`scale_maps`), then through the transform `spec`."""
+    return transform_targets(scale_maps(maps), spec)
 
 
 def parse_transform(spec: str) -> tuple[str, float]:

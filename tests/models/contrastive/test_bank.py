@@ -26,8 +26,8 @@ from text2brain.models.contrastive.retrieval import (
     PeakMaps,
     RetrievalBank,
     compact_embeddings,
-    scale_maps,
 )
+from text2brain.models.targets import scale_maps
 
 HEADS = ("clip", "mnm")
 

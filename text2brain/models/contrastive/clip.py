@@ -29,7 +29,6 @@ from text2brain.models.contrastive.retrieval import (
     RECALL_KS,
     EmbeddingCollector,
     retrieval_hits,
-    scale_maps,
 )
 from text2brain.models.contrastive.torch_model import ContrastiveNet, CosineGeometry, Geometry
 from text2brain.models.encoders import TextEncoder
@@ -39,6 +38,7 @@ from text2brain.models.settings import (
     TextEncoderSettings,
     as_settings,
 )
+from text2brain.models.targets import scale_maps
 from text2brain.models.text_head import TextEncoderHead
 from text2brain.text import check_texts
 

@@ -34,23 +34,34 @@ from torchmetrics.utilities import dim_zero_cat
 
 from text2brain.brain import BrainSpace, Renderer
 from text2brain.lorentz import at_least_fp32
+from text2brain.models.targets import scale_maps
 
 #: Cut-offs of the logged recall metrics (`val/recall@10_t2b`, ...).
 RECALL_KS = (10, 100)
-#: Floor of a map's largest absolute value when it is scaled (all-zero maps stay zero).
+#: Floor of the divisor when a map is scaled (all-zero maps stay zero).
 _TINY = 1e-12
 #: Version of the bank's checkpoint entry: 1 (no "format" key) stored dense maps.
 BANK_FORMAT = 2
+#: How the brain encoder's input maps may be scaled (`encoder_input`).
+MAP_SCALES = ("max", "mass")
+#: Total absolute activation of a map scaled by "mass" (so a map's values are percentages).
+MASS_TOTAL = 100.0
 _FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
 
-def scale_maps(maps: Tensor) -> Tensor:
-    """Each map divided by its largest absolute value: (n, n_voxels) -> the same shape.
+def encoder_input(maps: Tensor, scale: str) -> Tensor:
+    """Maps (n, n_voxels) as the brain encoder reads them, by `scale` (one of `MAP_SCALES`).
 
-    Why: an article-average map's scale says how many of its peaks overlap, not where the
-    activation is; the brain encoder and the bank's weighted averages should see shapes only.
+    "max" is `scale_maps` (shape only). "mass" divides each map by its total absolute
+    activation and multiplies by `MASS_TOTAL`: an article-average map spreads its activation
+    over more voxels than one of its tables, so its values are lower, and how concentrated a
+    map is (how specific) stays visible to the encoder.
     """
-    return maps / maps.abs().amax(dim=-1, keepdim=True).clamp_min(_TINY)
+    if scale == "max":
+        return scale_maps(maps)
+    if scale == "mass":
+        return maps * (MASS_TOTAL / maps.abs().sum(dim=-1, keepdim=True).clamp_min(_TINY))
+    raise ValueError(f"input_scale must be one of {MAP_SCALES}, got {scale!r}")
 
 
 def _rows(indices: Sequence[int] | Tensor | np.ndarray) -> np.ndarray:

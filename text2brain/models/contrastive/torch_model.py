@@ -27,7 +27,7 @@ from text2brain import lorentz
 from text2brain.models.brain_encoder import BrainEncoder
 from text2brain.models.contrastive import hierarchy, losses
 from text2brain.models.contrastive.hierarchy import HierarchyEmbeddings
-from text2brain.models.contrastive.retrieval import scale_maps
+from text2brain.models.contrastive.retrieval import MAP_SCALES, encoder_input
 from text2brain.models.encoders import TextEncoder
 from text2brain.models.settings import BrainEncoderSettings, as_settings
 
@@ -215,6 +215,11 @@ class ContrastiveNet(nn.Module):
     ) -> None:
         super().__init__()
         brain = as_settings(BrainEncoderSettings, brain)
+        if brain.input_scale not in MAP_SCALES:
+            raise ValueError(
+                f"brain.input_scale must be one of {MAP_SCALES}, got {brain.input_scale!r}"
+            )
+        self.input_scale = brain.input_scale
         self.embed_dim = embed_dim
         self.text_encoder = text_encoder
         # As CLIP and MERU: a LayerNorm, then a projection initialised with std 1/sqrt(width),
@@ -245,8 +250,8 @@ class ContrastiveNet(nn.Module):
         return self.geometry.embed(self.text_projection(features), "text")
 
     def embed_maps(self, maps: Tensor) -> Tensor:
-        """Points (n, embed_dim) of masked maps (n, n_voxels), each scaled by its max |value|."""
+        """Points (n, embed_dim) of masked maps (n, n_voxels), each scaled by `input_scale`."""
         volume = maps.new_zeros((maps.shape[0], *self.grid_shape), dtype=torch.float32)
-        volume.flatten(1)[:, self.mask_index] = scale_maps(maps.float())
+        volume.flatten(1)[:, self.mask_index] = encoder_input(maps.float(), self.input_scale)
         features = self.brain_encoder(volume)
         return self.geometry.embed(features, "brain")

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from text2brain.models.ridge import RELATIVE_ALPHAS
 from text2brain.models.settings import DecoderSettings, OptimSettings, TextEncoderSettings
-from text2brain.models.targets import parse_transform, transform_targets
+from text2brain.models.targets import parse_transform, scaled_targets, transform_targets
 from text2brain.models.text2brain.torch_model import Text2BrainMaths
 from text2brain.models.text_head import TextEncoderHead
 
@@ -111,7 +111,7 @@ class Text2Brain(Text2BrainMaths, TextEncoderHead):
 
     def normalise_target(self, target: Tensor) -> Tensor:
         if self.target_normalisation == "max":
-            target = target / target.amax(dim=1, keepdim=True).clamp_min(1e-12)
+            return scaled_targets(target, self.target_transform)
         return transform_targets(target, self.target_transform)
 
     def training_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -30,7 +30,7 @@ from text2brain.data.datamodule import FIT_SOURCES
 from text2brain.metrics import dice_auc_from_curve, dice_curve
 from text2brain.models.closed_form import ClosedFormModule
 from text2brain.models.settings import TextEncoderSettings
-from text2brain.models.targets import parse_transform, transform_targets
+from text2brain.models.targets import parse_transform, scaled_targets
 from text2brain.models.text_head import TextEncoderHead
 from text2brain.models.text_ridge.torch_model import TextRidgeMaths
 from text2brain.text import check_texts
@@ -89,8 +89,7 @@ class TextRidge(TextRidgeMaths, TextEncoderHead, ClosedFormModule):
         self.alphas = alphas
 
     def normalise_target(self, target: Tensor) -> Tensor:
-        scaled = target / target.amax(dim=1, keepdim=True).clamp_min(1e-12)
-        return transform_targets(scaled, self.target_transform)
+        return scaled_targets(target, self.target_transform)
 
     # -- the fit ------------------------------------------------------------------------------
     def fit_closed_form(self, datamodule: Any) -> None:
