@@ -107,7 +107,7 @@ def test_a_format_2_checkpoint_loads_with_the_same_maps(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     checkpoint = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
-    assert checkpoint["text2brain"]["format_version"] == CHECKPOINT_FORMAT == 3
+    assert checkpoint["text2brain"]["format_version"] == CHECKPOINT_FORMAT
     assert set(checkpoint["hyper_parameters"]) >= {"text", "decoder", "optim", "readout"}
     old = _as_format_2(checkpoint)
     assert "encoder_lr" in old["hyper_parameters"]
@@ -120,3 +120,34 @@ def test_a_format_2_checkpoint_loads_with_the_same_maps(
     # Format 2 had no target transform: its Text2Brain trained on untransformed targets.
     del old["hyper_parameters"]["target_transform"]
     assert upgrade_checkpoint(old)["hyper_parameters"]["target_transform"] == "none"
+
+
+@pytest.mark.parametrize(
+    ("class_path", "hparams", "expected"),
+    [
+        # A format-3 contrastive head read max-scaled maps; the default is "mass" now.
+        ("text2brain.models.contrastive.MNM", {"brain": {"channels": [8]}}, {"input_scale": "max"}),
+        (
+            "text2brain.models.contrastive.CLIP",
+            {"brain": {"input_scale": "mass"}},
+            {"input_scale": "mass"},
+        ),
+        # A format-3 retrieval head averaged untransformed maps; the default is power 0.1 now.
+        ("text2brain.models.retrieval.Retrieval", {"k": 5}, {"target_transform": "none"}),
+        (
+            "text2brain.models.retrieval.Retrieval",
+            {"target_transform": "sqrt"},
+            {"target_transform": "sqrt"},
+        ),
+    ],
+)
+def test_a_format_3_checkpoint_keeps_the_scales_it_was_trained_with(
+    class_path: str, hparams: dict, expected: dict
+) -> None:
+    checkpoint = {
+        "text2brain": {"format_version": 3, "class_path": class_path},
+        "hyper_parameters": hparams,
+        "state_dict": {},
+    }
+    upgraded = upgrade_checkpoint(checkpoint)["hyper_parameters"]
+    assert upgraded.get("brain", upgraded).items() >= expected.items()

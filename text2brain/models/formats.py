@@ -14,6 +14,10 @@ History:
 - 3: a head's shared settings are grouped in its hyper-parameters (`text`, `brain`, `decoder`,
   `optim`: text2brain.models.settings); format 2 had every field flat (`encoder_lr`,
   `brain_channels`, ...).
+- 4: a contrastive head's brain encoder may read maps scaled to a total activation
+  (`brain.input_scale: mass`, the default now) and the retrieval head averages transformed
+  maps (`target_transform`, power 0.1 by default now); format 3 knew neither, so its heads
+  read max-scaled maps (`max`) and averaged them untransformed (`none`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 from text2brain.models.settings import group_legacy_hparams
 
 #: Version of what text2brain stores in a checkpoint (under the "text2brain" key).
-CHECKPOINT_FORMAT = 3
+CHECKPOINT_FORMAT = 4
 #: The oldest format this text2brain can upgrade.
 OLDEST_FORMAT = 1
 
@@ -51,10 +55,26 @@ def _group_settings(checkpoint: dict[str, Any]) -> None:
         checkpoint["hyper_parameters"] = grouped
 
 
+def _keep_format_3_scales(checkpoint: dict[str, Any]) -> None:
+    """Format 3 -> 4: the scales a format-3 head was trained with, where the defaults moved."""
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict):
+        return
+    if isinstance(hparams.get("brain"), dict):
+        hparams["brain"] = {
+            **hparams["brain"],
+            "input_scale": hparams["brain"].get("input_scale", "max"),
+        }
+    class_path = checkpoint["text2brain"].get("class_path") or hparams.get("_class_path") or ""
+    if class_path.endswith(".Retrieval"):
+        hparams.setdefault("target_transform", "none")
+
+
 #: version -> the upgrade of a checkpoint dict from that version to the next, in place.
 UPGRADES: dict[int, Callable[[dict[str, Any]], None]] = {
     1: _factor_ridge_readout,
     2: _group_settings,
+    3: _keep_format_3_scales,
 }
 
 

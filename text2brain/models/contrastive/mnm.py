@@ -58,8 +58,8 @@ class MNM(CLIP):
         min_radius: float = 0.1,
         hierarchy_weight: float = 0.2,
         hierarchy_aperture_scale: float = 1.0,
-        ordering_weight: float = 1.0,
-        ordering_margin: float = 0.1,
+        ordering_weight: float = 5.0,
+        ordering_margin: float = 0.2,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
