@@ -36,6 +36,7 @@ from text2brain.bench.machine import describe_machine
 from text2brain.checkpoint import load_model
 from text2brain.data import TextMapDataModule
 from text2brain.metrics import dice_auc_from_curve, dice_curve
+from text2brain.models.contrastive.retrieval import retrieval_weights
 from text2brain.models.embedding_cache import length_batches
 from text2brain.models.encoders import TextEncoder
 from text2brain.models.ensemble import normalise_maps, simplex_grid
@@ -188,10 +189,10 @@ def knn_maps(queries: Tensor, bank: Tensor, rows: Tensor, maps: Tensor, k: int, 
     """Softmax(cos / t)-weighted mean of the maps of the k bank texts nearest each query; a
     bank text is a row of its article's map (`rows`), so an article found twice counts twice."""
     similarity = F.normalize(queries, dim=1) @ F.normalize(bank, dim=1).T
-    values, index = similarity.topk(k, dim=1)
-    weights = torch.zeros(len(queries), len(maps))
-    weights.scatter_add_(1, rows[index], torch.softmax(values / t, dim=1))
-    return weights @ maps
+    index, weights = retrieval_weights(-similarity, k, t)
+    per_article = torch.zeros(len(queries), len(maps))
+    per_article.scatter_add_(1, rows[index], weights)
+    return per_article @ maps
 
 
 def ensemble(a: dict[str, np.ndarray]) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 from model_configs import tiny_model
+from safetensors import safe_open
 from synthetic import (
     QUERIES,
     quiet_trainer,

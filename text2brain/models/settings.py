@@ -71,7 +71,7 @@ class BrainEncoderSettings:
             [3, 3, 0] of the 4 mm grid, which holds the whole NeuroQuery mask.
         dropout: before the final projection.
         input_scale: how each map is scaled before the CNN
-            (text2brain.models.contrastive.retrieval.MAP_SCALES): "max" (largest value 1: the
+            (text2brain.models.targets.MAP_SCALES): "max" (largest value 1: the
             shape only) or "mass" (total activation 100: a concentrated map has higher values
             than a spread-out one, so the CNN sees how specific a map is). On NeuroQuery,
             after 1,000 frozen-encoder steps, "mass" raised MNM's validation recall@10 text ->

@@ -11,6 +11,10 @@ the transformed scale (rank the same as on the original one). No Lightning here.
 A transform is named by one YAML-friendly string: "none", "sqrt", "power:P" (sign(x) |x|^P,
 0 < P <= 1) or "log1p:C" (sign(x) log1p(C |x|) / log1p(C), C > 0), so maps in [-1, 1] stay in
 [-1, 1].
+
+The map scalings live here too, one of each: `scale_maps` (largest absolute value 1, what
+every head's targets and the retrieval banks start from) and `encoder_input` (what the
+contrastive heads' brain encoder reads: max-scaled, or scaled to a fixed total activation).
 """
 
 from __future__ import annotations
@@ -21,7 +25,11 @@ import torch
 from torch import Tensor
 
 TRANSFORMS = ("none", "sqrt", "power:P", "log1p:C")
-#: Floor of a map's largest absolute value when it is scaled (all-zero maps stay zero).
+#: How the contrastive heads' brain encoder may scale its input maps (`encoder_input`).
+MAP_SCALES = ("max", "mass")
+#: Total absolute activation of a map scaled by "mass" (so a map's values are percentages).
+MASS_TOTAL = 100.0
+#: Floor of the divisor when a map is scaled (all-zero maps stay zero).
 _TINY = 1e-12
 
 
@@ -37,6 +45,21 @@ def scale_maps(maps: Tensor) -> Tensor:
 def scaled_targets(maps: Tensor, spec: str) -> Tensor:
     """Maps (n, n_voxels) max-scaled (`scale_maps`), then through the transform `spec`."""
     return transform_targets(scale_maps(maps), spec)
+
+
+def encoder_input(maps: Tensor, scale: str) -> Tensor:
+    """Maps (n, n_voxels) as the brain encoder reads them, by `scale` (one of `MAP_SCALES`).
+
+    "max" is `scale_maps` (shape only). "mass" divides each map by its total absolute
+    activation and multiplies by `MASS_TOTAL`: an article-average map spreads its activation
+    over more voxels than one of its tables, so its values are lower, and how concentrated a
+    map is (how specific) stays visible to the encoder.
+    """
+    if scale == "max":
+        return scale_maps(maps)
+    if scale == "mass":
+        return maps * (MASS_TOTAL / maps.abs().sum(dim=-1, keepdim=True).clamp_min(_TINY))
+    raise ValueError(f"input_scale must be one of {MAP_SCALES}, got {scale!r}")
 
 
 def parse_transform(spec: str) -> tuple[str, float]:

@@ -10,7 +10,6 @@ import torch
 
 from text2brain import lorentz
 from text2brain.models.contrastive import losses
-from text2brain.models.contrastive.retrieval import MASS_TOTAL, encoder_input
 from text2brain.models.contrastive.torch_model import (
     ContrastiveNet,
     CosineGeometry,
@@ -18,6 +17,7 @@ from text2brain.models.contrastive.torch_model import (
 )
 from text2brain.models.encoders import TextEncoder
 from text2brain.models.settings import BrainEncoderSettings
+from text2brain.models.targets import MASS_TOTAL, encoder_input
 
 
 # -- the entailment direction ------------------------------------------------------------------

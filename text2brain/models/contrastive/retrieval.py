@@ -38,30 +38,9 @@ from text2brain.models.targets import scale_maps
 
 #: Cut-offs of the logged recall metrics (`val/recall@10_t2b`, ...).
 RECALL_KS = (10, 100)
-#: Floor of the divisor when a map is scaled (all-zero maps stay zero).
-_TINY = 1e-12
 #: Version of the bank's checkpoint entry: 1 (no "format" key) stored dense maps.
 BANK_FORMAT = 2
-#: How the brain encoder's input maps may be scaled (`encoder_input`).
-MAP_SCALES = ("max", "mass")
-#: Total absolute activation of a map scaled by "mass" (so a map's values are percentages).
-MASS_TOTAL = 100.0
 _FLOAT16_MAX = float(torch.finfo(torch.float16).max)
-
-
-def encoder_input(maps: Tensor, scale: str) -> Tensor:
-    """Maps (n, n_voxels) as the brain encoder reads them, by `scale` (one of `MAP_SCALES`).
-
-    "max" is `scale_maps` (shape only). "mass" divides each map by its total absolute
-    activation and multiplies by `MASS_TOTAL`: an article-average map spreads its activation
-    over more voxels than one of its tables, so its values are lower, and how concentrated a
-    map is (how specific) stays visible to the encoder.
-    """
-    if scale == "max":
-        return scale_maps(maps)
-    if scale == "mass":
-        return maps * (MASS_TOTAL / maps.abs().sum(dim=-1, keepdim=True).clamp_min(_TINY))
-    raise ValueError(f"input_scale must be one of {MAP_SCALES}, got {scale!r}")
 
 
 def _rows(indices: Sequence[int] | Tensor | np.ndarray) -> np.ndarray:

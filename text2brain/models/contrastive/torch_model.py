@@ -27,9 +27,9 @@ from text2brain import lorentz
 from text2brain.models.brain_encoder import BrainEncoder
 from text2brain.models.contrastive import hierarchy, losses
 from text2brain.models.contrastive.hierarchy import HierarchyEmbeddings
-from text2brain.models.contrastive.retrieval import MAP_SCALES, encoder_input
 from text2brain.models.encoders import TextEncoder
 from text2brain.models.settings import BrainEncoderSettings, as_settings
+from text2brain.models.targets import MAP_SCALES, encoder_input
 
 MODALITIES = ("text", "brain")
 
