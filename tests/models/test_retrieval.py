@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from synthetic import small_space, tiny_datamodule
+from model_configs import tiny_model
+from synthetic import quiet_trainer, small_space, tiny_datamodule
 
+from text2brain.checkpoint import load_model
+from text2brain.models.contrastive.retrieval import DenseMaps, PeakMaps, RetrievalBank
 from text2brain.models.retrieval import Retrieval
 from text2brain.models.targets import scaled_targets
 
@@ -25,9 +28,11 @@ TINY_CONFIGS = {
 
 
 def bank(model: Retrieval, embeddings: torch.Tensor, maps: torch.Tensor) -> Retrieval:
-    """`model` with a hand-made bank of unit embeddings and maps (no fit)."""
-    model.bank_embeddings = F.normalize(embeddings, dim=1)
-    model.bank_maps = maps.to(model.bank_maps.dtype)
+    """`model` with a hand-made bank of unit embeddings and dense maps (no fit)."""
+    n = len(maps)
+    ids = [f"a{i}" for i in range(n)]
+    articles = RetrievalBank(ids, ids, [[]] * n, DenseMaps(maps), F.normalize(embeddings, dim=1))
+    model.use_bank(articles)
     return model
 
 
@@ -74,7 +79,6 @@ def test_k_and_temperature_are_chosen_on_validation(
         ({"k_grid": []}, "k and k_grid must be positive ints"),
         ({"k": 0}, "k and k_grid must be positive ints"),
         ({"temperature_grid": [0.1, -1.0]}, "must be > 0"),
-        ({"map_dtype": "int8"}, "map_dtype must be one of"),
         ({"target_transform": "cube"}, "target_transform 'cube' is not one of"),
     ],
 )
@@ -88,15 +92,77 @@ def test_the_bank_holds_the_training_maps_on_the_transformed_scale(
 ) -> None:
     data = tiny_datamodule(data_files)
     data.setup()
-    _, maps = data.titled_article_maps("train")
+    titles, maps = data.titled_article_maps("train")
     maps = torch.from_numpy(np.asarray(maps, np.float32))
     for transform in ("none", "power:0.1"):
-        model = fit_closed_form("retrieval", target_transform=transform, map_dtype="float32")
+        model = fit_closed_form("retrieval", target_transform=transform)
+        assert model.bank.titles == titles and isinstance(model.bank.maps, PeakMaps)
         expected = scaled_targets(maps, transform)
-        torch.testing.assert_close(model.bank_maps, expected)
-        assert float(model.bank_maps.amax()) == pytest.approx(1.0)  # max-scaled either way
+        torch.testing.assert_close(model.bank_maps(), expected)  # rebuilt from the peaks
+        assert float(model.bank_maps().amax()) == pytest.approx(1.0)  # max-scaled either way
     # The 0.1 power lifts the shoulders of the peaks: a map's mean moves towards its maximum.
     assert float(expected.mean()) > float(scaled_targets(maps, "none").mean())
+
+
+def test_a_few_queries_render_only_their_neighbours(
+    closed_form_heads: dict[str, Retrieval],
+) -> None:
+    """Before the whole bank is rendered, a query reads only its k neighbours' peaks, and the
+    maps are those the rendered bank gives."""
+    model = closed_form_heads["retrieval"]
+    queries = model.embed_queries(["visual cortex", "motor response"])
+    model._dense_maps = None
+    few = model.retrieve(queries, 3, 0.1)
+    assert model._dense_maps is None
+    model.bank_maps()
+    torch.testing.assert_close(model.retrieve(queries, 3, 0.1), few)
+
+
+def test_the_checkpoint_keeps_peaks_and_titles_not_maps(
+    data_files: dict[str, str], tiny_bert: Path, tmp_path: Path
+) -> None:
+    model = tiny_model("retrieval", tiny_bert)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=tiny_datamodule(data_files))
+    trainer.save_checkpoint(tmp_path / "retrieval.ckpt")
+    saved = torch.load(tmp_path / "retrieval.ckpt", map_location="cpu", weights_only=True)
+    stored = saved["text2brain"]["bank"]
+    assert "peaks" in stored and "maps" not in stored
+    assert stored["embeddings"].dtype == torch.float16
+    assert not [k for k in saved["state_dict"] if k.startswith("bank")]
+
+    loaded = load_model(tmp_path / "retrieval.ckpt")
+    texts = ["visual cortex", "motor response"]
+    torch.testing.assert_close(loaded.predict_texts(texts), model.eval().predict_texts(texts))
+    found = loaded.related_articles(texts, k=3)
+    assert [len(row) for row in found] == [3, 3]
+    assert all(a.title in model.bank.titles for a in found[0])
+    distances = [a.distance for a in found[0]]
+    assert distances == sorted(distances) and 0 <= distances[0] <= 2
+
+
+def test_a_format_4_checkpoint_with_dense_maps_still_predicts(
+    data_files: dict[str, str], tiny_bert: Path, tmp_path: Path
+) -> None:
+    """Format 4 kept the transformed maps and embeddings in the state dict, and a
+    `map_dtype` argument: it loads, predicts the same maps, and cannot list articles."""
+    model = tiny_model("retrieval", tiny_bert)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=tiny_datamodule(data_files))
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    old = torch.load(tmp_path / "new.ckpt", map_location="cpu", weights_only=True)
+    old["text2brain"]["format_version"] = 4
+    del old["text2brain"]["bank"]
+    old["hyper_parameters"]["map_dtype"] = "float32"
+    old["state_dict"]["bank_embeddings"] = model.bank_vectors().cpu()
+    old["state_dict"]["bank_maps"] = model.bank_maps().cpu()
+    torch.save(old, tmp_path / "old.ckpt")
+
+    loaded = load_model(tmp_path / "old.ckpt")
+    texts = ["visual cortex", "motor response"]
+    torch.testing.assert_close(loaded.predict_texts(texts), model.eval().predict_texts(texts))
+    with pytest.raises(ValueError, match="refit it to find related articles"):
+        loaded.related_articles(texts)
 
 
 def test_fixed_k_and_temperature_skip_the_search(tiny_bert: Path) -> None:

@@ -62,6 +62,7 @@ def test_health_and_models(client: TestClient, served: dict[str, Predictor]) -> 
     assert list(by_name) == ["tiny", "clip"]
     assert by_name["tiny"]["head"] == "Text2Brain" and by_name["clip"]["head"] == "CLIP"
     assert (by_name["tiny"]["related"], by_name["clip"]["related"]) == (False, True)
+    assert (by_name["tiny"]["describe"], by_name["clip"]["describe"]) == (False, True)
     space = served["tiny"].space
     assert by_name["tiny"]["grid"] == list(space.shape)
     assert by_name["tiny"]["n_voxels"] == space.n_voxels
@@ -240,7 +241,7 @@ def test_bad_k(client: TestClient, k: str) -> None:
 
 def test_heads_without_an_embedding_space(client: TestClient) -> None:
     response = client.get("/api/related", params={"q": QUERY})
-    assert_error(response, 400, "'tiny'", "no shared text-brain embedding space", "clip or mnm")
+    assert_error(response, 400, "'tiny'", "no bank of training articles", "clip or mnm")
     response = client.post("/api/describe", content=b"x")
     assert_error(response, 400, "cannot describe a map")
 

@@ -6,8 +6,8 @@ map and the corrected map are then compared (Dice).
 
 Which studies:
 
-- a head with a shared text-brain space (clip, mnm): its `related_articles`, the training
-  articles nearest the query in that space;
+- a head with a bank of articles (clip, mnm, retrieval): its `related_articles`, the training
+  articles nearest the query in its shared space (the retrieval head: by title embedding);
 - any other head (Text2Brain, the released model; the baselines): the candidate articles
   whose maps correlate best (Pearson) with the query's predicted map, as Text2Brain's web
   tool listed related articles. The candidates are the NeuroQuery corpus at

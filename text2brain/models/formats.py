@@ -18,6 +18,11 @@ History:
   (`brain.input_scale: mass`, the default now) and the retrieval head averages transformed
   maps (`target_transform`, power 0.1 by default now); format 3 knew neither, so its heads
   read max-scaled maps (`max`) and averaged them untransformed (`none`).
+- 5: the retrieval head keeps its training articles as a retrieval bank of peaks, titles and
+  title embeddings in the "text2brain" section ("bank"), as the contrastive heads do; format 4
+  stored their transformed maps and embeddings in the state dict (`bank_maps`,
+  `bank_embeddings`), which move to a "dense_bank" entry that still predicts, and its
+  `map_dtype` argument is gone.
 """
 
 from __future__ import annotations
@@ -31,9 +36,16 @@ import torch
 from text2brain.models.settings import group_legacy_hparams
 
 #: Version of what text2brain stores in a checkpoint (under the "text2brain" key).
-CHECKPOINT_FORMAT = 4
+CHECKPOINT_FORMAT = 5
 #: The oldest format this text2brain can upgrade.
 OLDEST_FORMAT = 1
+
+
+def _class_path(checkpoint: dict[str, Any]) -> str:
+    """The head's class path, from the text2brain section or the hyper-parameters."""
+    hparams = checkpoint.get("hyper_parameters")
+    saved = hparams.get("_class_path") if isinstance(hparams, dict) else None
+    return checkpoint["text2brain"].get("class_path") or saved or ""
 
 
 def _factor_ridge_readout(checkpoint: dict[str, Any]) -> None:
@@ -65,9 +77,23 @@ def _keep_format_3_scales(checkpoint: dict[str, Any]) -> None:
             **hparams["brain"],
             "input_scale": hparams["brain"].get("input_scale", "max"),
         }
-    class_path = checkpoint["text2brain"].get("class_path") or hparams.get("_class_path") or ""
-    if class_path.endswith(".Retrieval"):
+    if _class_path(checkpoint).endswith(".Retrieval"):
         hparams.setdefault("target_transform", "none")
+
+
+def _retrieval_bank_out_of_state(checkpoint: dict[str, Any]) -> None:
+    """Format 4 -> 5: a retrieval head's dense bank leaves the state dict."""
+    if not _class_path(checkpoint).endswith(".Retrieval"):
+        return
+    hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, dict):
+        hparams.pop("map_dtype", None)
+    state = checkpoint.get("state_dict", {})
+    if "bank_maps" in state:
+        checkpoint["text2brain"]["dense_bank"] = {
+            "embeddings": state.pop("bank_embeddings"),
+            "maps": state.pop("bank_maps"),
+        }
 
 
 #: version -> the upgrade of a checkpoint dict from that version to the next, in place.
@@ -75,6 +101,7 @@ UPGRADES: dict[int, Callable[[dict[str, Any]], None]] = {
     1: _factor_ridge_readout,
     2: _group_settings,
     3: _keep_format_3_scales,
+    4: _retrieval_bank_out_of_state,
 }
 
 

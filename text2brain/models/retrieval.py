@@ -11,8 +11,13 @@ vote), where a mean of max-scaled maps follows the few strongest peaks. Nothing 
 `k` and the temperature are chosen in closed form, at fit, by validation Dice-AUC over a grid
 (so the head's own validation score is optimistic by the selection; its test score is not).
 
-Its checkpoint holds the training titles' embeddings and their maps (float16 by default:
-0.68 GB on NeuroQuery; 1.2 GB in memory as float32), so it predicts without the corpus.
+The training articles are a `RetrievalBank` (text2brain.models.contrastive.retrieval), as the
+contrastive heads keep theirs: ids, titles, keywords, title embeddings (float16) and the
+articles' peaks, from which the maps a query needs are rebuilt (about 14 MB on NeuroQuery
+where the dense maps took 680 MB). A few queries render only their neighbours; a batch whose
+neighbours outnumber `GATHER_LIMIT` renders the whole bank once (about 10,000 maps, seconds)
+and keeps it in memory (1.2 GB float32 on NeuroQuery) for one matrix product per batch. The
+bank's titles also answer `related_articles`, as the contrastive heads' banks do.
 """
 
 from __future__ import annotations
@@ -30,7 +35,14 @@ from torch import Tensor, nn
 from text2brain.brain import BrainSpace
 from text2brain.metrics import dice_auc_from_curve, dice_curve
 from text2brain.models.closed_form import ClosedFormModule
-from text2brain.models.contrastive.retrieval import retrieval_weights, weighted_maps
+from text2brain.models.contrastive.bank import check_k, training_bank
+from text2brain.models.contrastive.retrieval import (
+    RelatedArticle,
+    RetrievalBank,
+    compact_embeddings,
+    retrieval_weights,
+    weighted_maps,
+)
 from text2brain.models.encoders import TextEncoder
 from text2brain.models.settings import TextEncoderSettings
 from text2brain.models.targets import parse_transform, scaled_targets
@@ -39,10 +51,11 @@ from text2brain.text import check_texts
 
 log = logging.getLogger(__name__)
 
-MAP_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-#: Up to this many (query, neighbour) pairs the neighbours' maps are gathered; beyond, one
-#: dense matrix product is cheaper than a (queries, k, voxels) tensor.
+#: Up to this many (query, neighbour) pairs the neighbours' maps are rendered; beyond, the
+#: whole bank is rendered once and one dense matrix product serves every batch.
 GATHER_LIMIT = 4096
+#: Bank maps rendered per call when the whole bank is rendered.
+RENDER_CHUNK = 1024
 
 
 class Retrieval(TextEncoderHead, ClosedFormModule):
@@ -53,13 +66,13 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
         k_grid: numbers of nearest articles to choose from by validation Dice-AUC.
         temperature_grid: softmax temperatures (on cosine similarity) to choose from.
         k, temperature: fixed values instead of choosing them (None: choose).
-        map_dtype: how the checkpoint stores the training maps ("float16" halves it; they are
-            rounded so at fit, and held and averaged in float32).
         target_transform: the monotone transform of the max-scaled maps that are averaged
             ("none", "sqrt", "power:P", "log1p:C"; text2brain.models.targets).
     """
 
-    fitted_buffers = ("bank_embeddings", "bank_maps", "validation_scores")
+    fitted_buffers = ("validation_scores",)
+    #: The training articles (None before the fit, or from a format-4 checkpoint).
+    bank: RetrievalBank | None = None
 
     def __init__(
         self,
@@ -68,7 +81,6 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
         temperature_grid: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.5),
         k: int | None = None,
         temperature: float | None = None,
-        map_dtype: str = "float16",
         target_transform: str = "power:0.1",
     ) -> None:
         super().__init__(text=text)
@@ -79,17 +91,18 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
             raise ValueError(f"k and k_grid must be positive ints, got {ks}")
         if not temperatures or any(not t > 0 for t in temperatures):
             raise ValueError(f"temperature and temperature_grid must be > 0, got {temperatures}")
-        if map_dtype not in MAP_DTYPES:
-            raise ValueError(f"map_dtype must be one of {sorted(MAP_DTYPES)}, got {map_dtype!r}")
         self.ks, self.temperatures = ks, temperatures
         self.target_transform = target_transform
+        # The bank as prediction reads it: unit title embeddings (n, d) float32 and, once
+        # rendered, every article's transformed map (n, voxels) float32.
+        self.bank = None
+        self._vectors: Tensor | None = None
+        self._dense_maps: Tensor | None = None
 
     def build(self, space: BrainSpace) -> None:
         encoder = TextEncoder.from_settings(self.text_settings)
         encoder.requires_grad_(False)  # nothing is trained: a fixed function of the text
         self.net = nn.ModuleDict({"text_encoder": encoder})
-        self.register_buffer("bank_embeddings", torch.zeros(0, encoder.dim))
-        self.register_buffer("bank_maps", torch.zeros(0, space.n_voxels))
         self.register_buffer("validation_scores", torch.zeros(len(self.ks), len(self.temperatures)))
         self.register_buffer("k", torch.tensor(self.ks[0]))
         self.register_buffer("temperature", torch.tensor(float(self.temperatures[0])))
@@ -97,15 +110,19 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
     # -- the fit ------------------------------------------------------------------------------
     def fit_closed_form(self, datamodule: Any) -> None:
         self.attach_embedding_cache(build=True)
-        embeddings, maps = self._titled(datamodule, "train")
-        self.bank_embeddings = embeddings.to(self.device)
-        # Rounded as the checkpoint will store them, so a loaded head predicts the same maps.
-        stored = self.normalise_target(maps).to(MAP_DTYPES[self.hparams.map_dtype])
-        self.bank_maps = stored.float().to(self.device)
-        val_embeddings, val_maps = self._titled(datamodule, "val")
+        bank = training_bank(datamodule)
+        _, titled = datamodule.article_texts("train", ("title",))  # warns of untitled ones
+        if len(titled) < len(bank):
+            bank = bank.subset(titled)
+        embeddings = F.normalize(self.encode_texts(bank.titles).float().cpu(), dim=1)
+        # Stored float16: the search below uses them so, as a loaded head will.
+        bank.embeddings = compact_embeddings(embeddings)
+        self.use_bank(bank)
+        val_titles, val_maps = datamodule.titled_article_maps("val")
+        val_maps = torch.from_numpy(np.asarray(val_maps, np.float32))
         scores = torch.zeros(len(self.ks), len(self.temperatures))
         if len(val_maps) and (len(self.ks) > 1 or len(self.temperatures) > 1):
-            queries = val_embeddings.to(self.device)
+            queries = F.normalize(self.encode_texts(val_titles).float(), dim=1).to(self.device)
             for i, k in enumerate(self.ks):
                 for j, temperature in enumerate(self.temperatures):
                     pred = self.retrieve(queries, k, temperature)
@@ -128,49 +145,120 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
         )
         log.info(
             "retrieval: k %d, temperature %g chosen by validation Dice-AUC %.4f over k %s x "
-            "temperature %s",
+            "temperature %s (a bank of %d training titles)",
             int(self.k),
             float(self.temperature),
             float(scores.max()),
             self.ks,
             self.temperatures,
+            len(bank),
         )
+
+    def use_bank(self, bank: RetrievalBank) -> None:
+        """Predict from `bank` (with embeddings); its maps are rendered when first needed."""
+        if bank.embeddings is None:
+            raise ValueError("the retrieval head's bank needs its title embeddings")
+        self.bank = bank
+        self._vectors = bank.embeddings.float().to(self.device)
+        self._dense_maps = None
 
     def normalise_target(self, target: Tensor) -> Tensor:
         """Maps on the scale of the head's predictions: max-scaled, then transformed."""
         return scaled_targets(target, self.target_transform)
 
-    def _titled(self, datamodule: Any, stage: str) -> tuple[Tensor, Tensor]:
-        """Unit title embeddings (n, d) and float32 maps (n, voxels) of a split's articles
-        that have a title (`TextMapDataModule.titled_article_maps`)."""
-        titles, maps = datamodule.titled_article_maps(stage)
-        embeddings = self.encode_texts(titles).float().cpu()
-        return F.normalize(embeddings, dim=1), torch.from_numpy(np.asarray(maps, np.float32))
-
     # -- prediction ---------------------------------------------------------------------------
+    def bank_vectors(self) -> Tensor:
+        """The bank's unit title embeddings (n, d) float32 on the head's device."""
+        if self._vectors is None:
+            raise ValueError(
+                "the retrieval head has no bank of training articles: fit it with a "
+                "TextMapDataModule or load a fitted checkpoint"
+            )
+        if self._vectors.device != self.device:
+            self._vectors = self._vectors.to(self.device)
+        return self._vectors
+
+    def bank_maps(self) -> Tensor:
+        """Every bank article's transformed map (n, voxels) float32, rendered once."""
+        if self._dense_maps is None:
+            n = len(self.bank)
+            self._dense_maps = torch.cat(
+                [
+                    self.normalise_target(self.bank.render(range(s, min(n, s + RENDER_CHUNK))))
+                    for s in range(0, n, RENDER_CHUNK)
+                ]
+            )
+        if self._dense_maps.device != self.device:
+            self._dense_maps = self._dense_maps.to(self.device)
+        return self._dense_maps
+
     def retrieve(self, queries: Tensor, k: int, temperature: float) -> Tensor:
         """Maps (n, voxels) float32 of unit query embeddings (n, d): the softmax-weighted mean
         of the `k` most similar bank maps, in float32 whatever the caller's autocast."""
-        k = min(int(k), len(self.bank_maps))
+        vectors = self.bank_vectors()
+        k = min(int(k), len(vectors))
         with torch.autocast(queries.device.type, enabled=False):
-            similarity = queries.float() @ self.bank_embeddings.T
+            similarity = queries.float() @ vectors.T
         index, weights = retrieval_weights(-similarity, k, temperature)
-        if len(queries) * k <= GATHER_LIMIT:  # a few queries: read only their neighbours
-            return weighted_maps(self.bank_maps, index, weights)
+        if self._dense_maps is None and len(queries) * k <= GATHER_LIMIT:
+            # A few queries: render only their neighbours, each distinct one once.
+            unique, inverse = torch.unique(index.cpu(), return_inverse=True)
+            maps = self.normalise_target(self.bank.render(unique))
+            return weighted_maps(maps, inverse, weights)
+        maps = self.bank_maps()
+        if len(queries) * k <= GATHER_LIMIT:
+            return weighted_maps(maps, index, weights)
         # Many: one dense product (n x bank) @ (bank x voxels), a BLAS call.
         with torch.autocast(queries.device.type, enabled=False):
-            dense = torch.zeros(len(queries), len(self.bank_maps), device=queries.device)
-            return dense.scatter_(1, index, weights) @ self.bank_maps
+            dense = torch.zeros(len(queries), len(maps), device=queries.device)
+            return dense.scatter_(1, index, weights) @ maps
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        state = checkpoint["state_dict"]
-        state["bank_maps"] = state["bank_maps"].to(MAP_DTYPES[self.hparams.map_dtype])
+    def embed_queries(self, texts: list[str]) -> Tensor:
+        """Unit embeddings (n, d) float32 of texts, on the head's device."""
+        return F.normalize(self.encode_texts(texts).float(), dim=1).to(self.device)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
-        queries = F.normalize(self.encode_texts(list(batch["text"])).float(), dim=1)
-        return self.retrieve(queries.to(self.device), int(self.k), float(self.temperature))
+        queries = self.embed_queries(list(batch["text"]))
+        return self.retrieve(queries, int(self.k), float(self.temperature))
 
     @torch.inference_mode()
     def predict_texts(self, texts: list[str]) -> Tensor:
         return self.forward({"text": check_texts(texts, allow_empty=False)})
+
+    @torch.inference_mode()
+    def related_articles(self, texts: list[str], k: int = 10) -> list[list[RelatedArticle]]:
+        """The `k` training articles whose titles are nearest each text, nearest first; the
+        distance is 1 - cosine similarity of the title embeddings."""
+        check_k(k)
+        if self.bank is None:
+            raise ValueError(
+                "this retrieval head has no article list (a checkpoint written before format "
+                "5 kept only maps): refit it to find related articles"
+            )
+        queries = self.embed_queries(check_texts(texts, allow_empty=False))
+        with torch.autocast(queries.device.type, enabled=False):
+            distance = 1 - queries @ self.bank_vectors().T
+        nearest, indices = distance.topk(min(k, len(self.bank)), dim=1, largest=False)
+        return self.bank.articles(indices.cpu(), nearest.cpu())
+
+    # -- checkpoint ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.bank is not None:
+            checkpoint["text2brain"]["bank"] = self.bank.to_dict()
+        elif self._dense_maps is not None:  # a format-4 head saves as it came
+            checkpoint["text2brain"]["dense_bank"] = {
+                "embeddings": self._vectors.cpu(),
+                "maps": self._dense_maps.cpu().half(),
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)  # upgraded to the current format here
+        info = checkpoint["text2brain"]
+        if info.get("bank") is not None:
+            self.use_bank(RetrievalBank.from_dict(info["bank"], self.space))
+        elif info.get("dense_bank") is not None:
+            # Format 4 stored the transformed maps themselves, without the articles' ids.
+            self.bank = None
+            self._vectors = info["dense_bank"]["embeddings"].float()
+            self._dense_maps = info["dense_bank"]["maps"].float()

@@ -93,7 +93,9 @@ class ServedModel:
         self.name = name
         self.predictor = predictor
         self.lock = threading.Lock()
-        self.retrieves = callable(getattr(predictor.model, "related_articles", None))
+        # Contrastive heads do both; the retrieval head finds related articles only.
+        self.relates = callable(getattr(predictor.model, "related_articles", None))
+        self.describes = callable(getattr(predictor.model, "describe_maps", None))
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._pictures: OrderedDict[str, bytes] = OrderedDict()
 
@@ -105,7 +107,8 @@ class ServedModel:
             "grid": list(space.shape),
             "voxel_size_mm": space.voxel_size.tolist(),
             "n_voxels": space.n_voxels,
-            "related": self.retrieves,
+            "related": self.relates,
+            "describe": self.describes,
             "device": str(self.predictor.device),
             "precision": self.predictor.precision,
         }
@@ -201,13 +204,14 @@ class Endpoints:
     def query(self, request: Request) -> str:
         return check_query(request.query_params.getlist("q"), self.max_query_chars)
 
-    def retrieving(self, request: Request, what: str) -> ServedModel:
+    def retrieving(self, request: Request, what: str, able: str) -> ServedModel:
         model = self.model(request)
-        if not model.retrieves:
+        if not getattr(model, able):
             raise RequestError(
                 400,
-                f"model {model.name!r} ({model.info()['head']}) has no shared text-brain "
-                f"embedding space, so it cannot {what}; use a clip or mnm checkpoint",
+                f"model {model.name!r} ({model.info()['head']}) cannot {what}: it has no "
+                "bank of training articles in a shared text-brain space; use a clip or mnm "
+                "checkpoint (or, for related articles, a retrieval one)",
             )
         return model
 
@@ -284,13 +288,13 @@ class Endpoints:
 
     async def related(self, request: Request) -> Response:
         query = self.query(request)
-        model = self.retrieving(request, "find the articles related to a text")
+        model = self.retrieving(request, "find the articles related to a text", "relates")
         k = check_k(request.query_params.getlist("k"))
         articles = await run_in_threadpool(model.related, query, k)
         return JSONResponse({"model": model.name, "query": query, "articles": rows(articles)})
 
     async def describe(self, request: Request) -> Response:
-        model = self.retrieving(request, "describe a map")
+        model = self.retrieving(request, "describe a map", "describes")
         k = check_k(request.query_params.getlist("k"))
         data = await self.upload(request)
         space, limit = model.predictor.space, self.max_upload_bytes

@@ -92,6 +92,22 @@ def test_bank_rebuilds_neuroquery_article_maps(neuroquery_dir: Path) -> None:
     assert bank.maps.xyz.dtype == torch.float32 and len(bank.maps.xyz) < 40 * len(bank)
 
 
+def test_a_subset_of_the_bank_renders_its_rows(
+    contrastive_runs: dict[str, dict[str, Any]],
+) -> None:
+    """`RetrievalBank.subset`: the chosen rows, in the given order, with their texts and maps
+    (a bank with embeddings, or of dense maps, is not cut)."""
+    full = contrastive_runs["clip"]["model"].bank
+    peaks_only = RetrievalBank(full.ids, full.titles, full.keywords, full.maps)
+    rows = [5, 0, 3]
+    cut = peaks_only.subset(rows)
+    assert cut.ids == [full.ids[i] for i in rows] and cut.titles == [full.titles[i] for i in rows]
+    torch.testing.assert_close(cut.render(range(3)), full.render(rows))
+    assert int(cut.maps.offsets[-1]) == len(cut.maps.xyz)
+    with pytest.raises(ValueError, match="only a bank of peaks without embeddings"):
+        full.subset(rows)
+
+
 # -- the bank in the checkpoint ----------------------------------------------------------------
 def bank_bytes(state: dict[str, Any]) -> int:
     buffer = io.BytesIO()

@@ -99,15 +99,32 @@ class PeakMaps:
         rows = _rows(indices)
         if self._renderer is None:
             self._renderer = Renderer(self.space, self.fwhm)
-        offsets = self.offsets.numpy()
-        starts, counts = offsets[rows], offsets[rows + 1] - offsets[rows]
-        # Peak rows of every article in turn: each run starts at its article's offset.
-        run_start = np.repeat(starts - np.cumsum(counts) + counts, counts)
-        peaks = run_start + np.arange(int(counts.sum()))
+        peaks, counts = self._peak_rows(rows)
         group = np.repeat(np.arange(len(rows)), counts)
         weights = np.repeat(self.weights.numpy()[rows], counts)
         maps = self._renderer(group, self.xyz.numpy()[peaks], weights, len(rows))
         return scale_maps(torch.from_numpy(maps))
+
+    def _peak_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(peak indices, peaks per row) of bank rows `rows`: each row's peaks in turn."""
+        offsets = self.offsets.numpy()
+        starts, counts = offsets[rows], offsets[rows + 1] - offsets[rows]
+        # Each run of peak indices starts at its article's offset.
+        run_start = np.repeat(starts - np.cumsum(counts) + counts, counts)
+        return run_start + np.arange(int(counts.sum())), counts
+
+    def subset(self, rows: Sequence[int] | Tensor | np.ndarray) -> PeakMaps:
+        """The maps of bank rows `rows` (m,), in that order, as a bank of their own."""
+        rows = _rows(rows)
+        peaks, counts = self._peak_rows(rows)
+        new_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return PeakMaps(
+            self.xyz[torch.from_numpy(peaks)],
+            torch.from_numpy(new_offsets),
+            self.weights[torch.from_numpy(rows)],
+            self.space,
+            self.fwhm,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -244,6 +261,19 @@ class RetrievalBank:
     def render(self, indices: Sequence[int] | Tensor | np.ndarray) -> Tensor:
         """Scaled maps (m, n_voxels) float32 of bank rows `indices` (m,)."""
         return self.maps.render(indices)
+
+    def subset(self, rows: Sequence[int] | Tensor | np.ndarray) -> RetrievalBank:
+        """The bank of rows `rows` (m,), in that order (peaks only: a bank of dense maps
+        or with embeddings is not cut)."""
+        if not isinstance(self.maps, PeakMaps) or self.embeddings is not None:
+            raise ValueError("only a bank of peaks without embeddings can be cut")
+        rows = _rows(rows)
+        return RetrievalBank(
+            [self.ids[i] for i in rows],
+            [self.titles[i] for i in rows],
+            [list(self.keywords[i]) for i in rows],
+            self.maps.subset(rows),
+        )
 
     def weighted_maps(self, indices: Tensor, weights: Tensor) -> Tensor:
         """``sum_j weights[i, j] map[indices[i, j]]``: (n, k), (n, k) -> (n, n_voxels) float32.

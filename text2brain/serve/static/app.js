@@ -133,7 +133,7 @@ async function showMap(query, modelName, push) {
   setStatus(`Mapping “${query}” with ${modelName}…`, "busy");
   const model = state.models.get(modelName);
   $("related-panel").hidden = !model.related;
-  $("describe-panel").hidden = !model.related;
+  $("describe-panel").hidden = !model.describe;
   if (model.related) showRelated(query, modelName, request);
 
   const response = await fetch(mapUrl);
@@ -229,14 +229,14 @@ async function start() {
     select.append(option);
   }
   select.value = listed.default;
-  $("describe-panel").hidden = !state.models.get(listed.default).related;
+  $("describe-panel").hidden = !state.models.get(listed.default).describe;
   await startViewer();
   $("query-form").addEventListener("submit", submit);
   $("threshold").addEventListener("input", showThreshold);
   $("layout").addEventListener("change", setLayout);
   $("describe-form").addEventListener("submit", describe);
   select.addEventListener("change", () => {
-    $("describe-panel").hidden = !state.models.get(select.value).related;
+    $("describe-panel").hidden = !state.models.get(select.value).describe;
     if ($("query").value.trim()) submit();
   });
   window.addEventListener("popstate", fromAddress);
