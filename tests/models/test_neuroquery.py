@@ -11,12 +11,13 @@ import pytest
 import scipy.sparse as sp
 import torch
 import yaml
-from model_configs import tiny_init_args, tiny_terms
-from synthetic import small_space
+from model_configs import tiny_init_args, tiny_model, tiny_terms
+from synthetic import small_space, tiny_datamodule
 
 from text2brain.cli import main
 from text2brain.inference import load_predictor
 from text2brain.models.neuroquery.smoothing import nmf_term_embeddings, smooth_queries
+from text2brain.models.targets import scaled_targets
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,6 +51,27 @@ def test_nmf_embeddings_and_smoothing() -> None:
     assert smoothed.norm() == pytest.approx(1.0)
     assert smoothed[0, 1] > 0.04 and smoothed[0, 2] < 1e-3 and smoothed[0, 3] == 0
     assert torch.equal(smooth_queries(query, torch.from_numpy(embeddings), 0.0), query)
+
+
+# -- a transform of the targets: a variant, not the baseline -------------------------------------
+def test_a_target_transform_is_a_variant_beside_the_raw_maps(
+    fit_closed_form, data_files: dict[str, str], tiny_bert: Path
+) -> None:
+    """By default the head fits NeuroQuery's raw article maps; `target_transform` fits the
+    max-scaled maps through the transform instead, its mean map on that scale too."""
+    data = tiny_datamodule(data_files)
+    data.setup()
+    _, maps = data.article_maps("train")
+    maps = torch.from_numpy(np.asarray(maps, np.float32))
+    raw = fit_closed_form("neuroquery")
+    torch.testing.assert_close(raw.mean_map, maps.mean(0))
+    power = fit_closed_form("neuroquery", target_transform="power:0.1")
+    torch.testing.assert_close(power.mean_map, scaled_targets(maps, "power:0.1").mean(0))
+    texts = ["vision", "motor cortex"]
+    raw_maps, power_maps = raw.predict_texts(texts), power.predict_texts(texts)
+    assert bool(torch.isfinite(power_maps).all()) and not torch.allclose(raw_maps, power_maps)
+    with pytest.raises(ValueError, match="target_transform 'cube' is not one of"):
+        tiny_model("neuroquery", tiny_bert, target_transform="cube")
 
 
 def test_fit_and_test_with_the_shipped_config(
