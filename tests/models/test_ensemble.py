@@ -28,6 +28,7 @@ from text2brain.export import export_checkpoint
 from text2brain.inference import load_predictor
 from text2brain.models.ensemble import (
     Ensemble,
+    EnsembleInference,
     average_ranks,
     normalise_maps,
     simplex_grid,
@@ -180,7 +181,8 @@ def test_the_checkpoint_holds_its_members(
     assert any(k.startswith("members.text2brain.") for k in saved["state_dict"])
 
     predictor = load_predictor(tmp_path / "ensemble.ckpt", device="cpu")
-    assert type(predictor.model) is Ensemble
+    assert type(predictor.model) is EnsembleInference  # Lightning-free, its members too
+    assert type(predictor.model.members["text2brain"]).__name__ == "Text2BrainInference"
     assert predictor.model.weights_by_member == model.weights_by_member
     assert np.allclose(predictor.predict_vectors(texts), expected, atol=1e-5)
     export_checkpoint(tmp_path / "ensemble.ckpt", tmp_path / "export", dtype="float32")

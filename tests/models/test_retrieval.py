@@ -14,7 +14,7 @@ from synthetic import quiet_trainer, small_space, tiny_datamodule
 
 from text2brain.checkpoint import load_model
 from text2brain.models.contrastive.retrieval import DenseMaps, PeakMaps, RetrievalBank
-from text2brain.models.retrieval import Retrieval
+from text2brain.models.retrieval import Retrieval, RetrievalInference
 from text2brain.models.targets import scaled_targets
 
 #: Registered name -> tiny init_args (tests/model_configs.py gathers it for the registry tests).
@@ -132,6 +132,7 @@ def test_the_checkpoint_keeps_peaks_and_titles_not_maps(
     assert not [k for k in saved["state_dict"] if k.startswith("bank")]
 
     loaded = load_model(tmp_path / "retrieval.ckpt")
+    assert type(loaded) is RetrievalInference  # what load_predictor builds: no Lightning
     texts = ["visual cortex", "motor response"]
     torch.testing.assert_close(loaded.predict_texts(texts), model.eval().predict_texts(texts))
     found = loaded.related_articles(texts, k=3)

@@ -6,9 +6,10 @@ run over (with the tiny config in the head's own test module, tests/models/) and
 classes a checkpoint may name when it is loaded for inference.
 
 `INFERENCE_MODELS` maps a head to its Lightning-free inference class, which `load_predictor`
-builds instead, so predicting never imports Lightning. Only the Text2Brain head (the released
-model) has one so far; the other heads are loaded through their LightningModule, imported on
-demand.
+builds instead, so predicting never imports Lightning: the Text2Brain, text-ridge, retrieval
+and ensemble heads (the released default model is an ensemble of the text-ridge and retrieval
+heads) have one; the other heads are loaded through their LightningModule, imported on demand
+(and an ensemble's members as they load alone).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ MODELS: dict[str, str] = {
 INFERENCE_MODELS: dict[str, str] = {
     "text2brain": "text2brain.models.text2brain.torch_model.Text2BrainInference",
     "text_ridge": "text2brain.models.text_ridge.torch_model.TextRidgeInference",
+    "retrieval": "text2brain.models.retrieval.torch_model.RetrievalInference",
+    "ensemble": "text2brain.models.ensemble.torch_model.EnsembleInference",
 }
 
 

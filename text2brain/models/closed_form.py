@@ -18,10 +18,8 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-import torch
-from torch import Tensor
-
 from text2brain.models.base import BrainMapModule
+from text2brain.models.head import match_buffer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +100,7 @@ class ClosedFormModule(BrainMapModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get("state_dict", {})
-        for name in self.fitted_buffers:
-            value = state.get(name)
-            if isinstance(value, Tensor):  # the fit's shape, the module's dtype
-                current = getattr(self, name)
-                self.register_buffer(
-                    name, torch.zeros(value.shape, dtype=current.dtype, device=current.device)
-                )
+        match_buffer_shapes(self, checkpoint.get("state_dict", {}), self.fitted_buffers)
         self.is_fitted = True
 
     def configure_optimizers(self) -> None:

@@ -7,6 +7,7 @@ Lightning (about 3 s of imports on a 2-core CPU); see `INFERENCE_MODELS` in text
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -76,3 +77,16 @@ class BrainMapHead(nn.Module):
     def to_masked(self, volume: Tensor) -> Tensor:
         """(batch, *grid) volumes -> (batch, n_voxels) masked vectors."""
         return volume.flatten(1)[:, self.mask_index]
+
+
+def match_buffer_shapes(module: nn.Module, state: dict[str, Any], names: Sequence[str]) -> None:
+    """Re-create the buffers `names` of `module` with the shapes they have in the state dict
+    `state` (zeros, the module's dtype and device), so that a strict load fits: the buffers
+    whose shape a closed-form fit decides (a vocabulary's size, a weight grid's)."""
+    for name in names:
+        value = state.get(name)
+        if isinstance(value, Tensor):
+            current = getattr(module, name)
+            module.register_buffer(
+                name, torch.zeros(value.shape, dtype=current.dtype, device=current.device)
+            )

@@ -20,16 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from text2brain.brain import BrainSpace
 from text2brain.models.contrastive import hierarchy
 from text2brain.models.contrastive.bank import RetrievalBankMixin
 from text2brain.models.contrastive.hierarchy import HierarchyEmbeddings
-from text2brain.models.contrastive.retrieval import (
-    RECALL_KS,
-    EmbeddingCollector,
-    retrieval_hits,
-)
+from text2brain.models.contrastive.retrieval import RECALL_KS, retrieval_hits
 from text2brain.models.contrastive.torch_model import ContrastiveNet, CosineGeometry, Geometry
 from text2brain.models.encoders import TextEncoder
 from text2brain.models.settings import (
@@ -47,6 +44,30 @@ if TYPE_CHECKING:
 
 #: Texts per forward pass when the hierarchy sample's texts are embedded.
 TEXT_CHUNK = 64
+
+
+class EmbeddingCollector(Metric):
+    """Paired text and brain embeddings of an evaluation epoch, gathered over DDP ranks.
+
+    `compute` returns both (n, d) matrices in batch order; recall needs the whole set, since
+    every map is a candidate for every text.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("text", default=[], dist_reduce_fx="cat")
+        self.add_state("brain", default=[], dist_reduce_fx="cat")
+
+    def update(self, text: Tensor, brain: Tensor) -> None:
+        if text.shape[0] != brain.shape[0]:
+            raise ValueError(f"{text.shape[0]} text but {brain.shape[0]} brain embeddings")
+        self.text.append(text.detach().float())
+        self.brain.append(brain.detach().float())
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        return dim_zero_cat(self.text), dim_zero_cat(self.brain)
 
 
 class CLIP(RetrievalBankMixin, TextEncoderHead):

@@ -29,8 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from text2brain.brain import BrainSpace, Renderer
 from text2brain.lorentz import at_least_fp32
@@ -409,27 +407,3 @@ def retrieval_hits(distance: Tensor, ks: Sequence[int] = RECALL_KS) -> dict[str,
         for way, matrix in (("t2b", distance), ("b2t", distance.transpose(0, 1)))
         for k in ks
     }
-
-
-class EmbeddingCollector(Metric):
-    """Paired text and brain embeddings of an evaluation epoch, gathered over DDP ranks.
-
-    `compute` returns both (n, d) matrices in batch order; recall needs the whole set, since
-    every map is a candidate for every text.
-    """
-
-    full_state_update = False
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("text", default=[], dist_reduce_fx="cat")
-        self.add_state("brain", default=[], dist_reduce_fx="cat")
-
-    def update(self, text: Tensor, brain: Tensor) -> None:
-        if text.shape[0] != brain.shape[0]:
-            raise ValueError(f"{text.shape[0]} text but {brain.shape[0]} brain embeddings")
-        self.text.append(text.detach().float())
-        self.brain.append(brain.detach().float())
-
-    def compute(self) -> tuple[Tensor, Tensor]:
-        return dim_zero_cat(self.text), dim_zero_cat(self.brain)

@@ -1,41 +1,29 @@
-"""The retrieval head: a text's map is the weighted mean of its nearest training articles' maps.
+"""The retrieval head's maths in plain torch: nearest training titles, mean of their maps.
 
-The classic retrieval meta-analysis, with a sentence encoder instead of term matching: the
-frozen text encoder embeds every training title once (the embedding cache), a query's
-cosine similarities to them pick the `k` nearest articles, and their max-scaled maps, through
-the head's target transform (text2brain.models.targets), are averaged with weights
-``softmax(similarity / temperature)``; predictions are on that transformed scale. Why the
-transform: Dice-AUC reads which voxels rank in a map's top 5-30%, and a mean of maps raised to
-a small power counts how many neighbours activate a voxel more than how strongly (close to a
-vote), where a mean of max-scaled maps follows the few strongest peaks. Nothing is trained:
-`k` and the temperature are chosen in closed form, at fit, by validation Dice-AUC over a grid
-(so the head's own validation score is optimistic by the selection; its test score is not).
+`RetrievalMaths` holds it once, for the LightningModule (`Retrieval`, which adds the fit) and
+for `RetrievalInference`, which `load_predictor` builds: predicting then needs no Lightning.
+Both keep the same buffers (`k`, `temperature`, `validation_scores`) and the same bank entry
+in the checkpoint's "text2brain" section, so checkpoints and exports load into either.
 
-The training articles are a `RetrievalBank` (text2brain.models.contrastive.retrieval), as the
-contrastive heads keep theirs: ids, titles, keywords, title embeddings (float16) and the
-articles' peaks, from which the maps a query needs are rebuilt (about 14 MB on NeuroQuery
-where the dense maps took 680 MB). A few queries render only their neighbours; a batch whose
-neighbours outnumber `GATHER_LIMIT` renders the whole bank once (about 10,000 maps, seconds)
-and keeps it in memory (1.2 GB float32 on NeuroQuery) for one matrix product per batch. The
-bank's titles also answer `related_articles`, as the contrastive heads' banks do.
+A query's unit embedding picks the `k` training titles of highest cosine similarity; their
+articles' maps, max-scaled and through the head's target transform, are averaged with weights
+``softmax(similarity / temperature)``. The maps are rebuilt from the bank's peaks: a few
+queries render only their neighbours; a batch whose neighbours outnumber `GATHER_LIMIT`
+renders the whole bank once (about 10,000 maps, seconds) and keeps it in memory (1.2 GB
+float32 on NeuroQuery) for one matrix product per batch.
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from text2brain.brain import BrainSpace
-from text2brain.metrics import dice_auc_from_curve, dice_curve
-from text2brain.models.closed_form import ClosedFormModule
-from text2brain.models.contrastive.bank import check_k, training_bank
+from text2brain.models.contrastive.bank import check_k
 from text2brain.models.contrastive.retrieval import (
     RelatedArticle,
     RetrievalBank,
@@ -44,46 +32,41 @@ from text2brain.models.contrastive.retrieval import (
     weighted_maps,
 )
 from text2brain.models.encoders import TextEncoder
-from text2brain.models.settings import TextEncoderSettings
+from text2brain.models.head import TRAINING_HPARAMS, BrainMapHead
+from text2brain.models.settings import TextEncoderSettings, as_settings
 from text2brain.models.targets import parse_transform, scaled_targets
-from text2brain.models.text_head import TextEncoderHead
 from text2brain.text import check_texts
-
-log = logging.getLogger(__name__)
 
 #: Up to this many (query, neighbour) pairs the neighbours' maps are rendered; beyond, the
 #: whole bank is rendered once and one dense matrix product serves every batch.
 GATHER_LIMIT = 4096
 #: Bank maps rendered per call when the whole bank is rendered.
 RENDER_CHUNK = 1024
+#: The default grids of k and of the temperature (the Lightning head's and the config's).
+K_GRID = (25, 50, 100, 200, 400, 800, 1600, 3200)
+TEMPERATURE_GRID = (0.02, 0.05, 0.1, 0.2, 0.5)
 
 
-class Retrieval(TextEncoderHead, ClosedFormModule):
-    """Nearest training articles by title embedding; their maps' softmax-weighted mean.
+class RetrievalMaths:
+    """The retrieval computation and its bank, mixed into a `BrainMapHead` (see Retrieval).
 
-    Args:
-        text: the text encoder, kept frozen (text2brain.models.settings.TextEncoderSettings).
-        k_grid: numbers of nearest articles to choose from by validation Dice-AUC.
-        temperature_grid: softmax temperatures (on cosine similarity) to choose from.
-        k, temperature: fixed values instead of choosing them (None: choose).
-        target_transform: the monotone transform of the max-scaled maps that are averaged
-            ("none", "sqrt", "power:P", "log1p:C"; text2brain.models.targets).
+    The class using it provides `text_vectors(texts)`: the encoder's pooled vectors.
     """
 
-    fitted_buffers = ("validation_scores",)
+    text_settings: TextEncoderSettings
+    inference_only: bool
     #: The training articles (None before the fit, or from a format-4 checkpoint).
     bank: RetrievalBank | None = None
 
-    def __init__(
+    def configure(
         self,
-        text: TextEncoderSettings = TextEncoderSettings(freeze_embeddings=True, freeze_layers=6),
-        k_grid: Sequence[int] = (25, 50, 100, 200, 400, 800, 1600, 3200),
-        temperature_grid: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.5),
-        k: int | None = None,
-        temperature: float | None = None,
-        target_transform: str = "power:0.1",
+        k_grid: Sequence[int],
+        temperature_grid: Sequence[float],
+        k: int | None,
+        temperature: float | None,
+        target_transform: str,
     ) -> None:
-        super().__init__(text=text)
+        """Check and keep the settings (both classes' constructors call this)."""
         parse_transform(target_transform)  # a bad name fails here, not at fit
         ks = [k] if k is not None else list(k_grid)
         temperatures = [temperature] if temperature is not None else list(temperature_grid)
@@ -93,67 +76,25 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
             raise ValueError(f"temperature and temperature_grid must be > 0, got {temperatures}")
         self.ks, self.temperatures = ks, temperatures
         self.target_transform = target_transform
+        self.bank = None
         # The bank as prediction reads it: unit title embeddings (n, d) float32 and, once
         # rendered, every article's transformed map (n, voxels) float32.
-        self.bank = None
         self._vectors: Tensor | None = None
         self._dense_maps: Tensor | None = None
 
     def build(self, space: BrainSpace) -> None:
-        encoder = TextEncoder.from_settings(self.text_settings)
+        encoder = TextEncoder.from_settings(self.text_settings, inference=self.inference_only)
         encoder.requires_grad_(False)  # nothing is trained: a fixed function of the text
         self.net = nn.ModuleDict({"text_encoder": encoder})
         self.register_buffer("validation_scores", torch.zeros(len(self.ks), len(self.temperatures)))
         self.register_buffer("k", torch.tensor(self.ks[0]))
         self.register_buffer("temperature", torch.tensor(float(self.temperatures[0])))
 
-    # -- the fit ------------------------------------------------------------------------------
-    def fit_closed_form(self, datamodule: Any) -> None:
-        self.attach_embedding_cache(build=True)
-        bank = training_bank(datamodule)
-        _, titled = datamodule.article_texts("train", ("title",))  # warns of untitled ones
-        if len(titled) < len(bank):
-            bank = bank.subset(titled)
-        embeddings = F.normalize(self.encode_texts(bank.titles).float().cpu(), dim=1)
-        # Stored float16: the search below uses them so, as a loaded head will.
-        bank.embeddings = compact_embeddings(embeddings)
-        self.use_bank(bank)
-        val_titles, val_maps = datamodule.titled_article_maps("val")
-        val_maps = torch.from_numpy(np.asarray(val_maps, np.float32))
-        scores = torch.zeros(len(self.ks), len(self.temperatures))
-        if len(val_maps) and (len(self.ks) > 1 or len(self.temperatures) > 1):
-            queries = F.normalize(self.encode_texts(val_titles).float(), dim=1).to(self.device)
-            for i, k in enumerate(self.ks):
-                for j, temperature in enumerate(self.temperatures):
-                    pred = self.retrieve(queries, k, temperature)
-                    scores[i, j] = dice_auc_from_curve(dice_curve(pred.cpu(), val_maps)).mean()
-        best = int(scores.argmax())
-        for name, grid, index in (
-            ("k", self.ks, best // len(self.temperatures)),
-            ("temperature", self.temperatures, best % len(self.temperatures)),
-        ):
-            if len(grid) > 1 and index in (0, len(grid) - 1):
-                warnings.warn(
-                    f"retrieval: the best {name} ({grid[index]}) is at the edge of its grid "
-                    f"{grid}: a wider grid may score higher",
-                    stacklevel=2,
-                )
-        self.validation_scores = scores.to(self.device)
-        self.k = torch.tensor(self.ks[best // len(self.temperatures)], device=self.device)
-        self.temperature = torch.tensor(
-            float(self.temperatures[best % len(self.temperatures)]), device=self.device
-        )
-        log.info(
-            "retrieval: k %d, temperature %g chosen by validation Dice-AUC %.4f over k %s x "
-            "temperature %s (a bank of %d training titles)",
-            int(self.k),
-            float(self.temperature),
-            float(scores.max()),
-            self.ks,
-            self.temperatures,
-            len(bank),
-        )
+    def text_vectors(self, texts: list[str]) -> Tensor:
+        """The encoder's pooled vectors (n, d) of texts."""
+        raise NotImplementedError
 
+    # -- the bank -----------------------------------------------------------------------------
     def use_bank(self, bank: RetrievalBank) -> None:
         """Predict from `bank` (with embeddings); its maps are rendered when first needed."""
         if bank.embeddings is None:
@@ -166,7 +107,6 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
         """Maps on the scale of the head's predictions: max-scaled, then transformed."""
         return scaled_targets(target, self.target_transform)
 
-    # -- prediction ---------------------------------------------------------------------------
     def bank_vectors(self) -> Tensor:
         """The bank's unit title embeddings (n, d) float32 on the head's device."""
         if self._vectors is None:
@@ -192,6 +132,7 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
             self._dense_maps = self._dense_maps.to(self.device)
         return self._dense_maps
 
+    # -- prediction ---------------------------------------------------------------------------
     def retrieve(self, queries: Tensor, k: int, temperature: float) -> Tensor:
         """Maps (n, voxels) float32 of unit query embeddings (n, d): the softmax-weighted mean
         of the `k` most similar bank maps, in float32 whatever the caller's autocast."""
@@ -215,7 +156,7 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
 
     def embed_queries(self, texts: list[str]) -> Tensor:
         """Unit embeddings (n, d) float32 of texts, on the head's device."""
-        return F.normalize(self.encode_texts(texts).float(), dim=1).to(self.device)
+        return F.normalize(self.text_vectors(texts).float(), dim=1).to(self.device)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         queries = self.embed_queries(list(batch["text"]))
@@ -242,18 +183,18 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
         return self.bank.articles(indices.cpu(), nearest.cpu())
 
     # -- checkpoint ---------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
+    def save_bank(self, checkpoint: dict[str, Any]) -> None:
+        """The bank into the checkpoint's "text2brain" section (a format-4 dense one as it came)."""
         if self.bank is not None:
             checkpoint["text2brain"]["bank"] = self.bank.to_dict()
-        elif self._dense_maps is not None:  # a format-4 head saves as it came
+        elif self._dense_maps is not None:
             checkpoint["text2brain"]["dense_bank"] = {
-                "embeddings": self._vectors.cpu(),
+                "embeddings": compact_embeddings(self._vectors),
                 "maps": self._dense_maps.cpu().half(),
             }
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)  # upgraded to the current format here
+    def load_bank(self, checkpoint: dict[str, Any]) -> None:
+        """The bank of a checkpoint (upgraded to the current format)."""
         info = checkpoint["text2brain"]
         if info.get("bank") is not None:
             self.use_bank(RetrievalBank.from_dict(info["bank"], self.space))
@@ -262,3 +203,47 @@ class Retrieval(TextEncoderHead, ClosedFormModule):
             self.bank = None
             self._vectors = info["dense_bank"]["embeddings"].float()
             self._dense_maps = info["dense_bank"]["maps"].float()
+
+
+class RetrievalInference(RetrievalMaths, BrainMapHead):
+    """The retrieval head for prediction only: what `load_predictor` builds, without Lightning.
+
+    It takes the retrieval head's arguments (the grids give the shape of the stored scores).
+    """
+
+    #: The head's name in messages (the registered LightningModule's).
+    model_name = "Retrieval"
+    ignored_hparams = tuple(h for h in TRAINING_HPARAMS if h != "target_transform")
+
+    def __init__(
+        self,
+        text: TextEncoderSettings | dict[str, Any] | None = None,
+        k_grid: Sequence[int] = K_GRID,
+        temperature_grid: Sequence[float] = TEMPERATURE_GRID,
+        k: int | None = None,
+        temperature: float | None = None,
+        target_transform: str = "power:0.1",
+    ) -> None:
+        super().__init__()
+        self.text_settings = as_settings(TextEncoderSettings, text)
+        self.configure(k_grid, temperature_grid, k, temperature, target_transform)
+
+    @property
+    def device(self) -> torch.device:
+        return self.validation_scores.device
+
+    def text_vectors(self, texts: list[str]) -> Tensor:
+        encoder = self.net.text_encoder
+        vectors = [
+            encoder(**encoder.tokenize(texts[i : i + 128], self.text_settings.max_length))
+            for i in range(0, len(texts), 128)
+        ]
+        return torch.cat(vectors) if vectors else torch.zeros(0, encoder.dim)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.load_bank(checkpoint)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """What an ensemble holding this head saves for it (its "text2brain" section)."""
+        self.save_bank(checkpoint)

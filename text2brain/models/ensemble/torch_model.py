@@ -1,20 +1,16 @@
-"""The ensemble head: registered heads' maps, each normalised per map, in a weighted sum.
+"""The ensemble head's maths in plain torch: members' per-map normalised maps, weighted.
+
+`EnsembleMaths` holds it once, for the LightningModule (`Ensemble`, which adds the fit: loading
+the members from their files and choosing the weights on validation) and for
+`EnsembleInference`, which `load_predictor` builds: predicting then needs no Lightning, and the
+members are built as `load_predictor` builds each head alone (Lightning-free where the head
+has an inference class). Both keep the same buffers and the same "members" entry in the
+checkpoint's "text2brain" section, so checkpoints and exports load into either.
 
 Heads predict on different scales (a ridge readout, a NeuroQuery-style regression, a mean of
 retrieved maps), so each member's map is first put on a common one by itself: its z-score
 across voxels, or its centred voxel ranks. The ensemble's map is the sum of those with
-non-negative weights that sum to 1. Nothing is trained: at fit the members are loaded from
-their checkpoints or exports (any registered head), they predict the validation split's
-titles, and the weights are the point of a simplex grid (step `weight_step`) with the best
-validation Dice-AUC, unless given. The ensemble's validation score is therefore optimistic by
-that choice (and by any choice its members made on the same split); its test score is not.
-
-A fitted ensemble is one checkpoint: the members are submodules, so their weights are in its
-state dict, and what each keeps outside its state dict (hyper-parameters, class path, brain
-space, its own "text2brain" entries such as a vocabulary) is in the ensemble's "text2brain"
-section under "members". Loading rebuilds every member from there, registered heads only, as
-text2brain.checkpoint builds any head, before the weights are loaded; the member paths in the
-hyper-parameters are read at fit only.
+non-negative weights that sum to 1.
 """
 
 from __future__ import annotations
@@ -28,63 +24,45 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from text2brain.checkpoint import (
-    build_model,
-    model_from_checkpoint,
-    read_model_file,
-    registered_class,
-)
-from text2brain.metrics import dice_auc_from_curve, dice_curve
-from text2brain.models.closed_form import ClosedFormModule
+from text2brain.checkpoint import build_model, registered_class
 from text2brain.models.formats import upgrade_checkpoint
-from text2brain.models.head import BrainMapHead
+from text2brain.models.head import TRAINING_HPARAMS, BrainMapHead, match_buffer_shapes
 from text2brain.text import check_texts
 
 log = logging.getLogger(__name__)
 
 NORMALISE = ("zscore", "rank")
-#: Validation titles a member predicts per call at fit.
+#: Texts a member predicts per call.
 CHUNK = 256
 #: Most points of the weight simplex a fit searches.
 MAX_GRID = 10_000
-#: Rows of the validation table in the log (best first; each member alone is always shown).
-LOGGED_ROWS = 10
 #: How far the given weights' sum may be from 1.
 WEIGHT_SUM_TOLERANCE = 1e-6
 _MEMBER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
-class Ensemble(ClosedFormModule):
-    """A weighted sum of registered heads' per-map normalised maps, weights chosen on validation.
+class EnsembleMaths:
+    """Members, their weights and the weighted sum, mixed into a `BrainMapHead` (see Ensemble).
 
-    Args:
-        members: name -> the checkpoint (.ckpt) or export folder of a registered head (any
-            kind). Read at fit only; the fitted ensemble's checkpoint holds the members.
-        normalise: how each member's map is put on a common scale: "zscore" (mean 0, standard
-            deviation 1 across voxels) or "rank" (voxel ranks, ties averaged, scaled to
-            [-1, 1]). A constant map (a term head's all-zero map for a text without a known
-            term) becomes all zeros either way: the other members decide that text's map.
-        weight_step: the weights' grid: every vector of non-negative multiples of it that sums
-            to 1 (1/n for an integer n).
-        weights: name -> weight (non-negative, summing to 1) instead of choosing them.
+    The class using it provides `device`.
     """
 
+    #: Buffers whose shape depends on the fit (the weight grid searched and its scores).
     fitted_buffers = ("weight_grid", "validation_scores")
+    pretrained_encoders: bool
 
-    def __init__(
+    def configure(
         self,
         members: dict[str, str],
-        normalise: str = "zscore",
-        weight_step: float = 0.1,
-        weights: dict[str, float] | None = None,
+        normalise: str,
+        weight_step: float,
+        weights: dict[str, float] | None,
     ) -> None:
-        super().__init__()
+        """Check and keep the settings, and make the buffers (both constructors call this)."""
         names = checked_members(members)
-        self.hparams["members"] = {name: os.fspath(path) for name, path in members.items()}
         if normalise not in NORMALISE:
             raise ValueError(f"normalise must be one of {NORMALISE}, got {normalise!r}")
         steps = grid_steps(weight_step)
@@ -97,6 +75,7 @@ class Ensemble(ClosedFormModule):
                 "weights"
             )
         self.member_names, self.steps, self.given_weights = names, steps, given
+        self.normalise = normalise
         self.members = nn.ModuleDict()
         #: name -> the member's hyper-parameters and "text2brain" section, as its file had them.
         self.member_records: dict[str, dict[str, Any]] = {}
@@ -109,61 +88,6 @@ class Ensemble(ClosedFormModule):
         """name -> the member's weight (all 0 before the fit)."""
         return dict(zip(self.member_names, self.member_weights.tolist(), strict=True))
 
-    # -- the fit ------------------------------------------------------------------------------
-    def fit_closed_form(self, datamodule: Any) -> None:
-        self.load_members()
-        texts, targets = validation_pairs(datamodule)
-        if not texts and self.given_weights is None:
-            raise ValueError(
-                "the ensemble chooses its weights on the validation split, which is empty: "
-                "give weights, or use data with validation articles"
-            )
-        with torch.inference_mode():
-            maps = torch.stack([self._member_maps(name, texts) for name in self.member_names])
-            grid = (
-                simplex_grid(len(self.member_names), self.steps)
-                if self.given_weights is None
-                else torch.tensor([self.given_weights], dtype=torch.float64)
-            )
-            targets = targets.to(maps.device)
-            scores = torch.tensor(
-                [
-                    float(dice_auc_from_curve(dice_curve(combined(maps, w), targets)).mean())
-                    if texts
-                    else math.nan
-                    for w in grid.float().to(maps.device)
-                ],
-                dtype=torch.float64,
-            )
-        best = int(torch.nan_to_num(scores, nan=-math.inf).argmax())
-        self.weight_grid = grid.float().to(self.device)
-        self.validation_scores = scores.float().to(self.device)
-        self.member_weights = grid[best].float().to(self.device)
-        self._report(grid, scores, best, len(texts))
-
-    def load_members(self) -> None:
-        """Load every member from its path (`members`), checked against the data's space."""
-        members: dict[str, BrainMapHead] = {}
-        records: dict[str, dict[str, Any]] = {}
-        for name in self.member_names:
-            source = self.hparams.members[name]
-            try:
-                path, ckpt = read_model_file(source)
-                member = model_from_checkpoint(path, ckpt)
-            except FileNotFoundError as err:
-                raise FileNotFoundError(f"ensemble member {name!r}: {err}") from err
-            except ValueError as err:
-                raise ValueError(f"ensemble member {name!r}: {err}") from err
-            self._check_space(name, member, f"from {str(source)!r}")
-            members[name] = member
-            records[name] = {
-                "hyper_parameters": dict(ckpt["hyper_parameters"]),
-                "text2brain": dict(ckpt["text2brain"]),
-            }
-            log.info("ensemble: member %r is %s from %s", name, type(member).__name__, path)
-        self.members = nn.ModuleDict(members).to(self.device).train(self.training)
-        self.member_records = records
-
     def _check_space(self, name: str, member: BrainMapHead, origin: str) -> None:
         theirs, ours = member.space, self.space
         if theirs is None or ours is None or theirs.to_dict() != ours.to_dict():
@@ -174,39 +98,6 @@ class Ensemble(ClosedFormModule):
                 f"{getattr(ours, 'n_voxels', 0)} (or the masks differ): every member must "
                 "predict on the data's grid and mask"
             )
-
-    def _report(self, grid: Tensor, scores: Tensor, best: int, n_texts: int) -> None:
-        names, chosen = self.member_names, grid[best].tolist()
-        order = sorted(range(len(grid)), key=lambda i: -float(scores[i].nan_to_num(-math.inf)))
-        shown = order[:LOGGED_ROWS] + [i for i in order[LOGGED_ROWS:] if grid[i].max() == 1]
-        log.info(
-            "ensemble: weights %s by validation Dice-AUC (%d titles), best first, and each "
-            "member alone:\n  %s  val Dice-AUC\n%s",
-            "given" if self.given_weights is not None else f"on a grid of step 1/{self.steps}",
-            n_texts,
-            " ".join(names),
-            "\n".join(
-                f"  {' '.join(f'{w:.3f}' for w in grid[i].tolist())}  {float(scores[i]):.4f}"
-                for i in shown
-            ),
-        )
-        log.info("ensemble: weights %s", self.weights_by_member)
-        if self.given_weights is None and len(names) > 1:
-            alone = [n for n, w in zip(names, chosen, strict=True) if w == 1]
-            unused = [n for n, w in zip(names, chosen, strict=True) if w == 0]
-            if alone:
-                warnings.warn(
-                    f"ensemble: member {alone[0]!r} alone scores best on validation (weight 1, "
-                    f"the edge of the grid): the other members {unused} add nothing at step "
-                    f"1/{self.steps}",
-                    stacklevel=3,
-                )
-            elif unused:
-                warnings.warn(
-                    f"ensemble: members {unused} get weight 0 (the edge of the grid): they add "
-                    f"nothing on validation at step 1/{self.steps}",
-                    stacklevel=3,
-                )
 
     # -- prediction ---------------------------------------------------------------------------
     def _member_maps(self, name: str, texts: list[str], quiet: bool = True) -> Tensor:
@@ -225,9 +116,7 @@ class Ensemble(ClosedFormModule):
             try:
                 for start in range(0, len(texts), CHUNK):
                     maps = member.predict_texts(texts[start : start + CHUNK])
-                    parts.append(
-                        normalise_maps(maps.float().to(self.device), self.hparams.normalise)
-                    )
+                    parts.append(normalise_maps(maps.float().to(self.device), self.normalise))
             finally:
                 member.train(mode)
         if said:
@@ -257,10 +146,9 @@ class Ensemble(ClosedFormModule):
         return self.ensemble_maps(check_texts(texts, allow_empty=False))
 
     # -- checkpoint ---------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def save_members(self, checkpoint: dict[str, Any]) -> None:
         """Each member's hyper-parameters and section go into the ensemble's section; a member
         with its own hook writes that section and stores its weights as it does alone."""
-        super().on_save_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
         saved = {}
         for name, member in self.members.items():
@@ -273,9 +161,8 @@ class Ensemble(ClosedFormModule):
             saved[name] = {k: sub[k] for k in ("hyper_parameters", "text2brain")}
         checkpoint["text2brain"]["members"] = saved
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def load_members_from(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild every member from the ensemble's section before its weights are loaded."""
-        super().on_load_checkpoint(checkpoint)
         saved = checkpoint["text2brain"].get("members") or {}
         if set(saved) != set(self.member_names):
             raise ValueError(
@@ -302,6 +189,35 @@ class Ensemble(ClosedFormModule):
             records[name] = {k: sub[k] for k in ("hyper_parameters", "text2brain")}
         self.members = nn.ModuleDict(members).to(self.device).train(self.training)
         self.member_records = records
+
+
+class EnsembleInference(EnsembleMaths, BrainMapHead):
+    """The ensemble head for prediction only: what `load_predictor` builds, without Lightning.
+    It takes the ensemble's arguments; the member paths are not read (the members come from
+    the checkpoint)."""
+
+    #: The head's name in messages (the registered LightningModule's).
+    model_name = "Ensemble"
+    ignored_hparams = TRAINING_HPARAMS
+
+    def __init__(
+        self,
+        members: dict[str, str],
+        normalise: str = "zscore",
+        weight_step: float = 0.1,
+        weights: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.configure(members, normalise, weight_step, weights)
+
+    @property
+    def device(self) -> torch.device:
+        return self.member_weights.device
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        match_buffer_shapes(self, checkpoint.get("state_dict", {}), self.fitted_buffers)
+        self.load_members_from(checkpoint)
 
 
 # -- arguments ------------------------------------------------------------------------------------
@@ -433,11 +349,3 @@ def replace_member_state(state: dict[str, Any], prefix: str, member_state: dict[
     for key in [k for k in state if k.startswith(prefix)]:
         del state[key]
     state.update({prefix + k: v for k, v in member_state.items()})
-
-
-def validation_pairs(datamodule: Any) -> tuple[list[str], Tensor]:
-    """The validation split's evaluation texts (titles) and article maps, float32, in order."""
-    _, maps = datamodule.article_maps("val")
-    articles = datamodule.corpus.articles
-    texts = [datamodule.sampler.evaluation(articles[i]).text for i in datamodule.indices_of("val")]
-    return texts, torch.from_numpy(np.asarray(maps, dtype=np.float32))
