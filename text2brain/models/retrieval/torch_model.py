@@ -15,6 +15,7 @@ float32 on NeuroQuery) for one matrix product per batch.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -136,6 +137,14 @@ class RetrievalMaths:
     def retrieve(self, queries: Tensor, k: int, temperature: float) -> Tensor:
         """Maps (n, voxels) float32 of unit query embeddings (n, d): the softmax-weighted mean
         of the `k` most similar bank maps, in float32 whatever the caller's autocast."""
+        if self._vectors is None:
+            warnings.warn(
+                "the retrieval head has no bank of training articles yet (it is built at fit): "
+                "predicting all-zero maps",
+                UserWarning,
+                stacklevel=2,
+            )
+            return torch.zeros(len(queries), self.space.n_voxels, device=queries.device)
         vectors = self.bank_vectors()
         k = min(int(k), len(vectors))
         with torch.autocast(queries.device.type, enabled=False):
