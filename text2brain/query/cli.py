@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="text2brain query",
         description="Predict a brain map for each text query and write it as NIfTI "
-        "(<NNN>_<query>.nii.gz), with optional PNG and HTML views; with a contrastive head, "
-        "list the training articles nearest to queries (--related) or to maps (--describe).",
+        "(<NNN>_<query>.nii.gz), with optional PNG and HTML views; with a head that keeps its "
+        "training articles, list those nearest to queries (--related: clip, mnm, retrieval) "
+        "or to maps (--describe: clip, mnm).",
     )
     parser.add_argument("queries", nargs="*", metavar="QUERY", help="text queries")
     parser.add_argument(
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--related",
         action="store_true",
-        help="print the training articles nearest each query (contrastive heads: clip, mnm)",
+        help="print the training articles nearest each query (heads with a bank of articles: "
+        "clip, mnm, retrieval)",
     )
     parser.add_argument(
         "--describe",
