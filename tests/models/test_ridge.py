@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 
 from text2brain.models import ridge
-from text2brain.models.ridge import RELATIVE_ALPHAS, RidgeFit, fit_ridge
+from text2brain.models.ridge import RELATIVE_ALPHAS, RidgeFit, fit_ridge, fit_ridge_path
 
 ALPHAS = [0.01, 0.3, 2.0, 30.0]
 
@@ -235,6 +235,32 @@ def test_target_rows_fit_as_the_copied_targets_do(monkeypatch: pytest.MonkeyPatc
     np.testing.assert_allclose(shared.loo_errors, copied.loo_errors, rtol=1e-10)
     torch.testing.assert_close(shared.coef, copied.coef, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shared.intercept, copied.intercept, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_the_path_holds_the_fit_of_every_alpha(sparse: bool) -> None:
+    """`fit_ridge_path`: one fit per penalty, in order, each the fit `fit_ridge` gives with that
+    penalty alone (with a reduced rank and shared targets too); no penalty is chosen, so none
+    at a grid's edge is warned about."""
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(40, 8, generator=generator, dtype=torch.float64)
+    targets = torch.randn(25, 200, generator=generator)
+    rows = torch.randint(0, 25, (40,), generator=generator)
+    if sparse:
+        features, targets, rows = sp.csr_matrix(features.numpy()), targets[rows], None
+    options = {"relative": True, "loo_voxels": 50, "rank": 3, "target_rows": rows}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = fit_ridge_path(features, targets, ALPHAS, **options)
+    assert [fit.alpha for fit in path] == path[0].alphas and len(path) == len(ALPHAS)
+    for alpha, fit in zip(ALPHAS, path, strict=True):
+        alone = fit_ridge(features, targets, [alpha], **options)
+        assert fit.alpha == pytest.approx(alone.alpha)
+        torch.testing.assert_close(fit.coef, alone.coef)
+        torch.testing.assert_close(fit.intercept, alone.intercept)
+        torch.testing.assert_close(fit.factored()[1], alone.factored()[1])
+    best = fit_ridge(features, targets, ALPHAS, **options)  # the path's loo errors choose it
+    torch.testing.assert_close(path[int(np.argmin(path[0].loo_errors))].coef, best.coef)
 
 
 @pytest.mark.parametrize(

@@ -38,10 +38,6 @@ class RidgeReadout:
         self.register_buffer("readout_out", torch.zeros(rank, n_voxels))
         self.register_buffer("readout_bias", torch.zeros(n_voxels))
 
-    def readout_buffers(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The fitted buffers: (readout_in, readout_out, readout_bias)."""
-        return self.readout_in, self.readout_out, self.readout_bias
-
     def readout_maps(self, embedding: Tensor) -> Tensor:
         """(batch, n_voxels) float32: the readout of (batch, dim) embeddings, without the mean."""
         return (embedding.float() @ self.readout_in) @ self.readout_out + self.readout_bias
@@ -80,26 +76,41 @@ class RidgeReadout:
         relative `alphas` by leave-one-out; its buffers take the fit."""
         # Imported here: the Lightning-free inference class shares this mixin, and loading a
         # model to predict must not import Lightning or the solver (a 1-2 s import).
-        from lightning.pytorch.utilities import rank_zero_info
-
         from text2brain.models.ridge import fit_ridge
 
-        fit = fit_ridge(
-            embeddings,
-            targets,
-            alphas,
-            relative=True,
-            loo_voxels=4096,
-            rank=self.readout_in.shape[1],
-            dtype=torch.float64,
-            target_rows=rows,
-        )
+        fit = fit_ridge(embeddings, targets, alphas, **self._readout_options(rows))
+        self.use_readout(fit, len(embeddings))
+        return fit
+
+    def fit_readout_path(
+        self, embeddings: Tensor, rows: np.ndarray, targets: Tensor, alphas: Sequence[float]
+    ) -> list[RidgeFit]:
+        """The readout's fit at every one of the relative `alphas` (text2brain.models.ridge's
+        `fit_ridge_path`: the costly products once for all), for a choice by another score;
+        `use_readout` puts one into the buffers."""
+        from text2brain.models.ridge import fit_ridge_path
+
+        return fit_ridge_path(embeddings, targets, alphas, **self._readout_options(rows))
+
+    def _readout_options(self, rows: np.ndarray) -> dict[str, Any]:
+        """`fit_ridge`'s options for the readout: relative penalties, the readout's rank."""
+        return {
+            "relative": True,
+            "loo_voxels": 4096,
+            "rank": self.readout_in.shape[1],
+            "dtype": torch.float64,
+            "target_rows": rows,
+        }
+
+    def use_readout(self, fit: RidgeFit, n_texts: int) -> None:
+        """Copy a fit into the readout's buffers (fitted on `n_texts` training texts)."""
+        from lightning.pytorch.utilities import rank_zero_info
+
         weight_in, weight_out = fit.factored()
         self.readout_in.copy_(weight_in)
         self.readout_out.copy_(weight_out)
         self.readout_bias.copy_(fit.intercept)
         rank_zero_info(
-            f"ridge readout fitted on {len(embeddings):,} training texts (alpha {fit.alpha:.3g}, "
+            f"ridge readout fitted on {n_texts:,} training texts (alpha {fit.alpha:.3g}, "
             f"rank {self.readout_in.shape[1]})"
         )
-        return fit

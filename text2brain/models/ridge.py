@@ -154,9 +154,14 @@ class _CentredSpectrum:
         return [total / (self.n * sample.shape[1]) for total in totals]
 
     def coefficients(
-        self, targets: Tensor, target_mean: Tensor, alpha: float, rows: Tensor | None = None
-    ) -> Tensor:
-        """B (p, m) float32 for all `targets` at `alpha`, chunk by chunk of targets.
+        self,
+        targets: Tensor,
+        target_mean: Tensor,
+        alphas: Sequence[float],
+        rows: Tensor | None = None,
+    ) -> list[Tensor]:
+        """B (p, m) float32 for all `targets` at each of `alphas`, chunk by chunk of targets;
+        the product with the targets, the costly part, is formed once for all alphas.
 
         Dense: B = [V diag(s / (s2 + alpha))] U^T Yc. Sparse: B = [V diag(1 / (s2 + alpha))
         V^T] (X^T Y - (X^T 1) ybar^T), a sparse product rather than a dense (n, p) one. The
@@ -168,20 +173,23 @@ class _CentredSpectrum:
         incidence, so the repeated targets are never copied.
         """
         if self.sparse:  # (Xc^T Xc + alpha I)^-1, (p, p)
-            solve = ((self.vectors * (1.0 / (self.s2 + alpha))) @ self.vectors.T).float()
+            solves = [
+                ((self.vectors * (1.0 / (self.s2 + a))) @ self.vectors.T).float() for a in alphas
+            ]
         else:  # (p, k)
-            solve = (self.vectors * (self.singular / (self.s2 + alpha))).float()
+            solves = [(self.vectors * (self.singular / (self.s2 + a))).float() for a in alphas]
         left = self.transposed if self.sparse else self.left.T  # (p or k, n)
         row_sums = self.column_sums if self.sparse else self.left.sum(0)
         if rows is not None:  # dense only (fit_ridge checks): sum U's rows per target
             left = torch.zeros(len(targets), self.left.shape[1]).index_add_(0, rows, self.left).T
-        coef = torch.empty(self.p, targets.shape[1])
+        coefs = [torch.empty(self.p, targets.shape[1]) for _ in alphas]
         for start in range(0, targets.shape[1], _CHUNK):
             part = slice(start, start + _CHUNK)
             rhs = left @ targets[:, part].float().contiguous()
             rhs -= row_sums[:, None] * target_mean[part].float()[None, :]
-            coef[:, part] = solve @ rhs
-        return coef
+            for coef, solve in zip(coefs, solves, strict=True):
+                coef[:, part] = solve @ rhs
+        return coefs
 
     def reduce_rank(self, coef: Tensor, rank: int) -> tuple[Tensor, Tensor]:
         """(p, rank) and (rank, m) factors of B V_r V_r^T, V_r (m, rank) the top right singular
@@ -230,6 +238,66 @@ def fit_ridge(
     Warns (`warnings.warn`) when the chosen alpha is the smallest or the largest of a grid of
     more than one.
     """
+    return _fit(
+        features,
+        targets,
+        alphas,
+        relative=relative,
+        loo_voxels=loo_voxels,
+        seed=seed,
+        rank=rank,
+        dtype=dtype,
+        target_rows=target_rows,
+        every_alpha=False,
+    )[0]
+
+
+def fit_ridge_path(
+    features: Tensor | np.ndarray | sp.spmatrix,
+    targets: Tensor | np.ndarray,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    *,
+    relative: bool = False,
+    loo_voxels: int | None = 1000,
+    seed: int = 0,
+    rank: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    target_rows: Tensor | np.ndarray | None = None,
+) -> list[RidgeFit]:
+    """`fit_ridge` at every one of `alphas`, in their order: one fit each (its `alpha` that
+    penalty; `loo_errors` those of all), sharing the spectrum and the product of the targets
+    with it, the costly parts. For choosing the penalty by another score than leave-one-out
+    (text-ridge's validation Dice-AUC): a fit per penalty would repeat them. The arguments
+    are `fit_ridge`'s; about len(alphas) x (p x m) float32 of coefficients are held at once.
+    """
+    return _fit(
+        features,
+        targets,
+        alphas,
+        relative=relative,
+        loo_voxels=loo_voxels,
+        seed=seed,
+        rank=rank,
+        dtype=dtype,
+        target_rows=target_rows,
+        every_alpha=True,
+    )
+
+
+def _fit(
+    features: Tensor | np.ndarray | sp.spmatrix,
+    targets: Tensor | np.ndarray,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    *,
+    relative: bool = False,
+    loo_voxels: int | None = 1000,
+    seed: int = 0,
+    rank: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    target_rows: Tensor | np.ndarray | None = None,
+    every_alpha: bool,
+) -> list[RidgeFit]:
+    """The fit of `fit_ridge` (the leave-one-out's alpha) or of `fit_ridge_path` (all)."""
     alphas = [float(a) for a in alphas]
     if not alphas:
         raise ValueError("alphas is empty: give at least one ridge penalty")
@@ -293,20 +361,23 @@ def fit_ridge(
         columns = torch.randperm(targets.shape[1], generator=generator)[:loo_voxels].sort().values
     sample = targets if len(columns) == targets.shape[1] else targets[:, columns]
     errors = spectrum.loo_errors(sample, target_mean[columns], absolute, rows)
-    best = int(np.argmin(errors))
-    if len(alphas) > 1 and alphas[best] in (min(alphas), max(alphas)):
-        _warn_edge(alphas, best, relative, scale)
+    chosen = list(range(len(alphas))) if every_alpha else [int(np.argmin(errors))]
+    if not every_alpha and len(alphas) > 1 and alphas[chosen[0]] in (min(alphas), max(alphas)):
+        _warn_edge(alphas, chosen[0], relative, scale)
 
-    coef = spectrum.coefficients(targets, target_mean, absolute[best], rows)
-    factors = None
-    if rank is not None and rank < p:
-        factors = spectrum.reduce_rank(coef, rank)
-        coef = factors[0] @ factors[1]
-    intercept = torch.empty(targets.shape[1])
-    for start in range(0, targets.shape[1], _CHUNK):
-        part = slice(start, start + _CHUNK)
-        intercept[part] = (target_mean[part] - spectrum.mean @ coef[:, part].double()).float()
-    return RidgeFit(coef, intercept, absolute[best], absolute, errors, factors)
+    fits = []
+    coefs = spectrum.coefficients(targets, target_mean, [absolute[i] for i in chosen], rows)
+    for index, coef in zip(chosen, coefs, strict=True):
+        factors = None
+        if rank is not None and rank < p:
+            factors = spectrum.reduce_rank(coef, rank)
+            coef = factors[0] @ factors[1]
+        intercept = torch.empty(targets.shape[1])
+        for start in range(0, targets.shape[1], _CHUNK):
+            part = slice(start, start + _CHUNK)
+            intercept[part] = (target_mean[part] - spectrum.mean @ coef[:, part].double()).float()
+        fits.append(RidgeFit(coef, intercept, absolute[index], absolute, errors, factors))
+    return fits
 
 
 def _warn_edge(alphas: list[float], best: int, relative: bool, scale: float) -> None:
@@ -316,5 +387,5 @@ def _warn_edge(alphas: list[float], best: int, relative: bool, scale: float) -> 
         f"ridge: leave-one-out chose alpha {alphas[best]:g}{units}, the {edge} of the grid "
         f"{[float(f'{a:.4g}') for a in alphas]}: the best penalty may lie outside it; widen "
         "the grid",
-        stacklevel=3,
+        stacklevel=4,
     )

@@ -106,12 +106,12 @@ class TextRidge(TextRidgeMaths, TextEncoderHead, ClosedFormModule):
             raise ValueError("alpha_selection 'validation' needs validation articles with titles")
         queries = self.encode_texts(titles)
         val_maps = torch.from_numpy(np.asarray(val_maps, np.float32))
-        scores, readouts = [], []
-        for alpha in self.alphas:
-            fit = self.fit_readout_from(embeddings, rows, targets, [alpha])
+        fits = self.fit_readout_path(embeddings, rows, targets, self.alphas)
+        scores = []
+        for fit in fits:
+            self.use_readout(fit, len(embeddings))
             pred = self.readout_maps(queries.to(self.readout_in.device)).cpu() + self.mean_map.cpu()
             scores.append(float(dice_auc_from_curve(dice_curve(pred, val_maps)).mean()))
-            readouts.append((fit.alpha, [b.clone() for b in self.readout_buffers()]))
         best = int(np.argmax(scores))
         if best in (0, len(self.alphas) - 1):
             warnings.warn(
@@ -119,10 +119,8 @@ class TextRidge(TextRidgeMaths, TextEncoderHead, ClosedFormModule):
                 f"{self.alphas}: a wider grid may score higher",
                 stacklevel=2,
             )
-        absolute, kept = readouts[best]
-        for buffer, value in zip(self.readout_buffers(), kept, strict=True):
-            buffer.copy_(value)
-        self.alpha.fill_(absolute)
+        self.use_readout(fits[best], len(embeddings))
+        self.alpha.fill_(fits[best].alpha)
         log.info(
             "text_ridge: relative alpha %g chosen by validation Dice-AUC %.5f over %s (%s)",
             self.alphas[best],
