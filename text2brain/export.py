@@ -275,8 +275,7 @@ def export(argv: list[str] | None = None) -> None:
         prog="text2brain export",
         description="Write a checkpoint as model.safetensors (weights only) + model.json "
         "(config), plus bank.json (the retrieval bank's texts) for a head with a retrieval bank, "
-        "which "
-        "load_predictor and `text2brain query --ckpt FOLDER` read.",
+        "which load_predictor and `text2brain query --ckpt FOLDER` read.",
     )
     parser.add_argument("checkpoint", help=".ckpt written by `text2brain fit`")
     parser.add_argument("-o", "--out-dir", required=True, help="export folder (created)")

@@ -76,10 +76,16 @@ class RidgeReadout:
         relative `alphas` by leave-one-out; its buffers take the fit."""
         # Imported here: the Lightning-free inference class shares this mixin, and loading a
         # model to predict must not import Lightning or the solver (a 1-2 s import).
+        from lightning.pytorch.utilities import rank_zero_info
+
         from text2brain.models.ridge import fit_ridge
 
         fit = fit_ridge(embeddings, targets, alphas, **self._readout_options(rows))
-        self.use_readout(fit, len(embeddings))
+        self.use_readout(fit)
+        rank_zero_info(
+            f"ridge readout fitted on {len(embeddings):,} training texts (alpha {fit.alpha:.3g}, "
+            f"rank {self.readout_in.shape[1]})"
+        )
         return fit
 
     def fit_readout_path(
@@ -102,15 +108,9 @@ class RidgeReadout:
             "target_rows": rows,
         }
 
-    def use_readout(self, fit: RidgeFit, n_texts: int) -> None:
-        """Copy a fit into the readout's buffers (fitted on `n_texts` training texts)."""
-        from lightning.pytorch.utilities import rank_zero_info
-
+    def use_readout(self, fit: RidgeFit) -> None:
+        """Copy a fit into the readout's buffers."""
         weight_in, weight_out = fit.factored()
         self.readout_in.copy_(weight_in)
         self.readout_out.copy_(weight_out)
         self.readout_bias.copy_(fit.intercept)
-        rank_zero_info(
-            f"ridge readout fitted on {n_texts:,} training texts (alpha {fit.alpha:.3g}, "
-            f"rank {self.readout_in.shape[1]})"
-        )

@@ -22,7 +22,7 @@ the per-query hits it averages (what `text2brain compare` puts confidence interv
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -273,13 +273,20 @@ class RetrievalBank:
             self.maps.subset(rows),
         )
 
-    def weighted_maps(self, indices: Tensor, weights: Tensor) -> Tensor:
+    def weighted_maps(
+        self,
+        indices: Tensor,
+        weights: Tensor,
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
         """``sum_j weights[i, j] map[indices[i, j]]``: (n, k), (n, k) -> (n, n_voxels) float32.
 
-        Each distinct row is rebuilt once; the result is on `weights`' device.
+        Each distinct row is rebuilt once, then passed through `transform` if given (the
+        retrieval head's target transform); the result is on `weights`' device.
         """
         unique, inverse = torch.unique(indices.cpu(), return_inverse=True)
-        return weighted_maps(self.render(unique), inverse, weights)
+        maps = self.render(unique)
+        return weighted_maps(maps if transform is None else transform(maps), inverse, weights)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors, strings and lists: what `torch.load(weights_only=True)` reads back.

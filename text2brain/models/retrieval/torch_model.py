@@ -152,9 +152,7 @@ class RetrievalMaths:
         index, weights = retrieval_weights(-similarity, k, temperature)
         if self._dense_maps is None and len(queries) * k <= GATHER_LIMIT:
             # A few queries: render only their neighbours, each distinct one once.
-            unique, inverse = torch.unique(index.cpu(), return_inverse=True)
-            maps = self.normalise_target(self.bank.render(unique))
-            return weighted_maps(maps, inverse, weights)
+            return self.bank.weighted_maps(index, weights, self.normalise_target)
         maps = self.bank_maps()
         if len(queries) * k <= GATHER_LIMIT:
             return weighted_maps(maps, index, weights)

@@ -109,7 +109,7 @@ class TextRidge(TextRidgeMaths, TextEncoderHead, ClosedFormModule):
         fits = self.fit_readout_path(embeddings, rows, targets, self.alphas)
         scores = []
         for fit in fits:
-            self.use_readout(fit, len(embeddings))
+            self.use_readout(fit)
             pred = self.readout_maps(queries.to(self.readout_in.device)).cpu() + self.mean_map.cpu()
             scores.append(float(dice_auc_from_curve(dice_curve(pred, val_maps)).mean()))
         best = int(np.argmax(scores))
@@ -119,10 +119,12 @@ class TextRidge(TextRidgeMaths, TextEncoderHead, ClosedFormModule):
                 f"{self.alphas}: a wider grid may score higher",
                 stacklevel=2,
             )
-        self.use_readout(fits[best], len(embeddings))
+        self.use_readout(fits[best])
         self.alpha.fill_(fits[best].alpha)
         log.info(
-            "text_ridge: relative alpha %g chosen by validation Dice-AUC %.5f over %s (%s)",
+            "text_ridge: readout fitted on %d training texts, relative alpha %g chosen by "
+            "validation Dice-AUC %.5f over %s (%s)",
+            len(embeddings),
             self.alphas[best],
             scores[best],
             self.alphas,
