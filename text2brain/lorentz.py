@@ -299,3 +299,17 @@ def pairwise_exterior_angle(x: Tensor, y: Tensor, c: Curvature) -> Tensor:
         sin_theta,
         (norm_x <= TINY).unsqueeze(-1),
     )
+
+
+@at_least_fp32
+def centroid(x: Tensor, c: Curvature) -> Tensor:
+    """The Lorentzian centroid of points (n, d) -> (d,): the sum of the points in ambient space
+    (space and time components), rescaled back onto the hyperboloid (``<m, m>_L = -1/c``).
+
+    MNM's "entailment" term places each modality's centroid at a target distance from the
+    origin with it (the Einstein midpoint of the Klein model, the same point up to weights).
+    """
+    space = x.sum(0)
+    time = time_component(x, c).sum(0)
+    norm = _safe_sqrt(time.pow(2) - space.pow(2).sum())
+    return space / (_sqrt_c(c, x) * norm.clamp_min(TINY))

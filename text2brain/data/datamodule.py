@@ -375,7 +375,12 @@ class TextMapDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
+        """Training batches; a head that trains on cached features (the contrastive heads with
+        `feature_sources`) serves its own loader over the same training articles."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        feature_loader = getattr(model, "feature_loader", None)
+        loader = feature_loader(self) if callable(feature_loader) else None
+        return loader if loader is not None else self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
@@ -470,6 +475,25 @@ class TextMapDataModule(L.LightningDataModule):
         )
         weights = (1.0 / peaks.n_tables[rows]).astype(np.float32)
         return self.split.ids(stage), xyz, offsets, weights
+
+    def table_jobs(self, stage: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        """Every table of a split's articles that have two tables or more (a single table is
+        its article's map): (rows, jobs), ``rows[i]`` the article's row in `article_maps`
+        (stage), ``jobs[i]`` what `render` takes; grouped by article, in split order."""
+        self.setup()
+        rows, jobs = [], []
+        for row, index in enumerate(self.indices_of(stage)):
+            tables = self.peaks.tables[index]
+            if len(tables) >= 2:
+                rows.extend([row] * len(tables))
+                jobs.extend((int(index), table) for table in tables)
+        return np.asarray(rows, dtype=np.int64), jobs
+
+    def render(self, jobs: list[tuple[int, str | None]]) -> np.ndarray:
+        """Maps (len(jobs), n_voxels) float32 of (corpus article index, table id or None for
+        the article average) jobs, rendered as the batches' maps are."""
+        self.setup()
+        return render_jobs(self.peaks, self.renderer, jobs)
 
     def hierarchy_sample(self, stage: str, n: int = 500, seed: int = 0) -> HierarchySample:
         """A fixed sample of up to `n` article -> table pairs of a split, with the articles'

@@ -125,7 +125,7 @@ class BrainMapModule(BrainMapHead, L.LightningModule):
     # -- steps --------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         terms = self.training_loss(batch)
-        batch_size = len(batch["text"])
+        batch_size = len(batch["text"] if "text" in batch else batch["text_features"])
         for name, value in terms.items():
             self.log(f"train/{name}", value, batch_size=batch_size, prog_bar=name == "loss")
         return terms["loss"]

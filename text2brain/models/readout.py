@@ -65,7 +65,7 @@ class RidgeReadout:
         """(embeddings (n, dim), rows (n,)) of the training split's texts of `sources`, text i
         paired with row ``rows[i]`` of the split's article maps (`article_texts`)."""
         texts, rows = datamodule.article_texts("train", sources)
-        return self.encode_texts(texts).cpu(), rows
+        return self.encode_texts_cached(datamodule, texts).cpu(), rows
 
     @torch.no_grad()
     def fit_readout_from(

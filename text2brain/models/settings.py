@@ -29,6 +29,10 @@ from text2brain.tokens import DEFAULT_ENCODER
 SCHEDULES = ("cosine", "linear", "constant")
 
 
+BRAIN_ENCODERS = ("cnn", "basis")
+TEXT_TOWERS = ("linear", "mlp")
+
+
 @dataclass(frozen=True)
 class TextEncoderSettings:
     """The transformer that reads the text (text2brain.models.encoders.TextEncoder).
@@ -61,7 +65,8 @@ class TextEncoderSettings:
 
 @dataclass(frozen=True)
 class BrainEncoderSettings:
-    """The 3-D CNN that embeds a map (text2brain.models.brain_encoder.BrainEncoder).
+    """The brain tower that embeds a map: a 3-D CNN (text2brain.models.brain_encoder) or an MLP
+    over basis coefficients.
 
     Args:
         channels: output channels of its stride-2 conv blocks.
@@ -77,6 +82,12 @@ class BrainEncoderSettings:
             after 1,000 frozen-encoder steps, "mass" raised MNM's validation recall@10 text ->
             map from 0.108 to 0.113 and its share of tables farther from the origin than
             their article from 0.80 to 0.84 (CLIP's recall@10: 0.108 -> 0.113).
+        kind: "cnn" (the 3-D CNN over the grid) or "basis" (MNM's official design: a small
+            residual MLP over each map's coefficients in a PCA basis fitted once on the
+            training maps; text2brain.models.contrastive.features). The "basis" fields:
+            `components` (basis size), `transform` (the map transform before projection,
+            text2brain.models.targets), `width` and `blocks` of the MLP, `output_norm` (end in
+            a LayerNorm, as MNM's towers do); `dropout` is the MLP's.
     """
 
     channels: tuple[int, ...] = (8, 16, 32)
@@ -86,6 +97,47 @@ class BrainEncoderSettings:
     offset: tuple[int, ...] | None = None
     dropout: float = 0.1
     input_scale: str = "mass"
+    kind: str = "cnn"
+    components: int = 256
+    transform: str = "power:0.1"
+    width: int = 512
+    blocks: int = 2
+    output_norm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in BRAIN_ENCODERS:
+            raise ValueError(f"brain.kind must be one of {BRAIN_ENCODERS}, got {self.kind!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"brain.dropout must be in [0, 1), got {self.dropout}")
+        _require_int(self.components, "brain.components", 1)
+        _require_int(self.width, "brain.width", 1)
+        _require_int(self.blocks, "brain.blocks", 0)
+
+
+@dataclass(frozen=True)
+class TextTowerSettings:
+    """What the contrastive heads put between the text encoder's pooled vector and the space.
+
+    Args:
+        kind: "linear" (LayerNorm then one projection, as CLIP and MERU) or "mlp" (MNM's
+            residual projection head, text2brain.models.contrastive.features.ProjectionTower).
+        width, blocks, dropout, output_norm: the "mlp" tower's hidden width, residual blocks,
+            dropout (MNM: 0.6) and whether it ends in a LayerNorm (MNM's does).
+    """
+
+    kind: str = "linear"
+    width: int = 512
+    blocks: int = 1
+    dropout: float = 0.6
+    output_norm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in TEXT_TOWERS:
+            raise ValueError(f"text_tower.kind must be one of {TEXT_TOWERS}, got {self.kind!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"text_tower.dropout must be in [0, 1), got {self.dropout}")
+        _require_int(self.width, "text_tower.width", 1)
+        _require_int(self.blocks, "text_tower.blocks", 0)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ them one tokenisation path and one way to turn texts into the encoder's pooled v
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -125,6 +125,22 @@ class TextEncoderHead(BrainMapModule):
         self.attach_embedding_cache(build=False)
         super().on_test_start()
 
+    def encode_texts_cached(self, datamodule: Any, texts: list[str]) -> Tensor:
+        """`encode_texts` of a fixed set of texts (a closed-form fit's, a feature-trained
+        fit's), through a cache file of exactly these texts, so a second fit reads them at
+        once (the data module's cache holds single keywords, not an article's joined ones).
+        Without a frozen encoder or `embedding_cache: false`, plain `encode_texts`."""
+        if not self.text_settings.embedding_cache or not self.encoder_frozen:
+            return self.encode_texts(texts)
+        distinct = sorted(set(texts))
+        cache = self._open_cache(
+            datamodule, distinct, True, lambda chunk: self.encode_texts(chunk, len(chunk))
+        )
+        vectors, missing = cache.lookup(texts)
+        if missing:  # pragma: no cover - the file holds every distinct text
+            raise RuntimeError(f"{len(missing)} texts missing from {cache.path}")
+        return vectors.to(self.device)
+
     def attach_embedding_cache(self, build: bool) -> None:
         """Open (or, with `build`, first compute) the frozen encoder's cache of the data's texts.
 
@@ -141,7 +157,24 @@ class TextEncoderHead(BrainMapModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "cacheable_texts"):
             return
-        texts = datamodule.cacheable_texts()
+        cache = self._open_cache(datamodule, datamodule.cacheable_texts(), build, self._encode_live)
+        if cache is not None:
+            rank_zero_info(
+                f"frozen text encoder: {len(cache):,} texts read from the embedding cache "
+                f"{cache.path}; other texts are encoded live"
+            )
+        self.text_cache = cache
+
+    def _open_cache(
+        self,
+        datamodule: Any,
+        texts: list[str],
+        build: bool,
+        encode: Callable[[list[str]], Tensor],
+    ) -> EmbeddingCache | None:
+        """The cache file of `texts` (sorted, distinct) for this encoder, opened or (with
+        `build`) first computed with `encode`. Only the first process builds; the others wait
+        and open its file."""
         encoder = self.text_encoder
         settings = {
             "max_length": encoder.token_limit(self.text_settings.max_length),
@@ -162,9 +195,6 @@ class TextEncoderHead(BrainMapModule):
         directory = cache_dir() / "embeddings"
         trainer = self.trainer
 
-        def encode(chunk: list[str]) -> Tensor:
-            return self._encode_live(chunk, len(chunk))
-
         def lengths(chunk: Sequence[str]) -> list[int]:
             return token_lengths(encoder.tokenizer, chunk, settings["max_length"])
 
@@ -178,9 +208,4 @@ class TextEncoderHead(BrainMapModule):
             cache = open_or_build(
                 directory, key, texts, encoder.dim, encode, lengths, description, build=False
             )
-        if cache is not None:
-            rank_zero_info(
-                f"frozen text encoder: {len(cache):,} texts read from the embedding cache "
-                f"{cache.path}; other texts are encoded live"
-            )
-        self.text_cache = cache
+        return cache

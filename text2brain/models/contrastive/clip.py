@@ -18,21 +18,31 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from torch.utils.data import DataLoader
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from text2brain.brain import BrainSpace
 from text2brain.models.contrastive import hierarchy
 from text2brain.models.contrastive.bank import RetrievalBankMixin
+from text2brain.models.contrastive.features import (
+    FeatureBatches,
+    FeatureTables,
+    group_rows,
+    project_maps,
+)
 from text2brain.models.contrastive.hierarchy import HierarchyEmbeddings
 from text2brain.models.contrastive.retrieval import RECALL_KS, retrieval_hits
 from text2brain.models.contrastive.torch_model import ContrastiveNet, CosineGeometry, Geometry
+from text2brain.models.embedding_cache import is_frozen
 from text2brain.models.encoders import TextEncoder
 from text2brain.models.settings import (
     BrainEncoderSettings,
     OptimSettings,
     TextEncoderSettings,
+    TextTowerSettings,
     as_settings,
 )
 from text2brain.models.targets import scale_maps
@@ -44,6 +54,9 @@ if TYPE_CHECKING:
 
 #: Texts per forward pass when the hierarchy sample's texts are embedded.
 TEXT_CHUNK = 64
+#: The article texts a feature-trained head can pair with the article's map (each article's
+#: title, its keywords joined in one text, its abstract: TextMapDataModule.article_texts).
+FEATURE_SOURCES = ("title", "keywords", "abstract")
 
 
 class EmbeddingCollector(Metric):
@@ -90,6 +103,14 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
             articles' keywords, titles and abstracts) on which each validation and test logs
             the hierarchy measures (`val/hier/...`); 0 switches them off. 500 pairs add 1,000
             maps and about 500 texts to embed per validation.
+        text_tower: the projection after the text encoder (TextTowerSettings: "linear", or
+            MNM's residual "mlp" head).
+        feature_sources: train on cached features (MNM's official recipe, at its batch size):
+            with a frozen text encoder and a "basis" brain tower, every training article's
+            texts of these sources ("title", "keywords", "abstract") are embedded once and its
+            maps projected once on the basis; an epoch then draws, for each training article,
+            one of its texts, its map and (MNM) up to `data.hierarchy_tables` of its tables,
+            and a step runs only the two MLPs. None: the data module's rendered batches.
     """
 
     extra_metrics = (
@@ -110,6 +131,8 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         retrieval_k: int = 20,
         retrieval_temperature: float | None = None,
         hierarchy_pairs: int = 500,
+        text_tower: TextTowerSettings = TextTowerSettings(),
+        feature_sources: Sequence[str] | None = None,
     ) -> None:
         super().__init__(text=text, optim=optim)
         if isinstance(retrieval_k, bool) or not isinstance(retrieval_k, int) or retrieval_k < 1:
@@ -128,6 +151,22 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         #: A frozen encoder's vectors of the texts `_embed_texts` saw (they never change).
         self._frozen_features: dict[str, Tensor] = {}
         self.brain_settings = as_settings(BrainEncoderSettings, brain)
+        self.text_tower = as_settings(TextTowerSettings, text_tower)
+        if feature_sources is not None:
+            if not feature_sources or not set(feature_sources) <= set(FEATURE_SOURCES):
+                raise ValueError(
+                    f"feature_sources must be some of {FEATURE_SOURCES} (or null), got "
+                    f"{list(feature_sources)}"
+                )
+            if self.brain_settings.kind != "basis":
+                raise ValueError(
+                    "feature_sources needs a brain tower over cached map features: set "
+                    "brain.kind: basis (or feature_sources: null)"
+                )
+        self.feature_sources = None if feature_sources is None else tuple(feature_sources)
+        #: The cached training features of a feature-trained fit (built at fit start).
+        self.feature_tables: FeatureTables | None = None
+        self._feature_ids: list[str] | None = None
         self.embed_dim = embed_dim
         self.initial_temperature = temperature
         self.retrieval_k = retrieval_k
@@ -154,7 +193,13 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
             mask_index=self.mask_index,
             embed_dim=self.embed_dim,
             brain=self.brain_settings,
+            text_tower=self.text_tower,
         )
+        if self.feature_sources is not None and not is_frozen(self.net.text_encoder):
+            raise ValueError(
+                "feature_sources needs a frozen text encoder (its vectors are cached once): "
+                "set text.freeze_embeddings: true and text.freeze_layers to the encoder's depth"
+            )
 
     # -- embeddings ---------------------------------------------------------------------------
     def embed_text(self, batch: dict[str, Any]) -> Tensor:
@@ -167,12 +212,16 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         # here, not after the batch, since checkpoint callbacks run before the module's
         # batch-end hook).
         self.mark_bank_stale()
-        text = self.embed_text(batch)
-        maps = batch["map"]
-        extra = batch.get("hierarchy_maps")
-        if self.uses_hierarchy and extra is not None and len(extra):
-            maps = torch.cat([maps, extra.to(maps.dtype)])
-        brain = self.net.embed_maps(maps)
+        if "brain_features" in batch:  # cached features (`feature_sources`)
+            text = self.net.embed_text_features(batch["text_features"])
+            brain = self.net.embed_brain_features(batch["brain_features"])
+        else:
+            text = self.embed_text(batch)
+            maps = batch["map"]
+            extra = batch.get("hierarchy_maps")
+            if self.uses_hierarchy and extra is not None and len(extra):
+                maps = torch.cat([maps, extra.to(maps.dtype)])
+            brain = self.net.embed_maps(maps)
         paired = brain[: len(text)]
         geometry = self.net.geometry
         contrastive = geometry.contrastive_loss(text, paired)
@@ -184,6 +233,84 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
             **{name: value.detach() for name, (value, _) in terms.items()},
             **geometry.stats(text, paired),
         }
+
+    # -- cached features ----------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        super().on_fit_start()  # the frozen encoder's embedding cache first
+        basis = self.net.basis
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if basis is None or datamodule is None or not hasattr(datamodule, "article_maps"):
+            return
+        if not basis.fitted:  # a resumed fit keeps its checkpoint's basis
+            _, maps = datamodule.article_maps("train")
+            basis.fit(maps)
+            rank_zero_info(
+                f"{type(self).__name__}: map basis of {basis.n_components} components fitted "
+                f"on {len(maps):,} training maps ({float(basis.explained):.1%} of their "
+                "variance)"
+            )
+        if self.feature_sources is not None:
+            self.feature_tables = self.build_feature_tables(datamodule)
+
+    @torch.no_grad()
+    def build_feature_tables(self, datamodule: Any) -> FeatureTables:
+        """The training articles' cached features (text2brain.models.contrastive.features):
+        their texts' vectors (the embedding cache), maps' and tables' basis coefficients."""
+        basis = self.net.basis.cpu()
+        ids, maps = datamodule.article_maps("train")
+        texts, text_rows = datamodule.article_texts("train", self.feature_sources)
+        text = self.encode_texts_cached(datamodule, texts).float().cpu()
+        article, article_breadth = project_maps(maps, len(maps), basis)
+        table_rows, jobs = (
+            datamodule.table_jobs("train") if self.uses_hierarchy else (np.zeros(0, int), [])
+        )
+        table, table_breadth = project_maps(
+            lambda s, e: datamodule.render(jobs[s:e]), len(jobs), basis
+        )
+        self.net.basis.to(self.device)
+        self._feature_ids = list(ids)
+        rank_zero_info(
+            f"{type(self).__name__}: cached features of {len(ids):,} training articles, "
+            f"{len(texts):,} texts ({', '.join(self.feature_sources)}), {len(jobs):,} table maps"
+        )
+        return FeatureTables(
+            text=text,
+            text_start=group_rows(text_rows, len(ids)),
+            article=article,
+            article_breadth=article_breadth,
+            table=table,
+            table_start=group_rows(table_rows, len(ids)),
+            table_breadth=table_breadth,
+        )
+
+    def feature_loader(self, datamodule: Any) -> DataLoader | None:
+        """The training loader of a feature-trained fit (TextMapDataModule asks for it): the
+        training articles with a text, shuffled, `data.batch_size` a batch; None otherwise."""
+        tables = self.feature_tables
+        if tables is None:
+            return None
+        tables_per_article = datamodule.hparams.hierarchy_tables if self.uses_hierarchy else 0
+        return DataLoader(
+            tables.trainable().tolist(),
+            batch_size=datamodule.hparams.batch_size,
+            shuffle=True,
+            drop_last=False,
+            collate_fn=FeatureBatches(tables, tables_per_article),
+        )
+
+    def embed_bank(self) -> Tensor:
+        """The bank's embeddings; from the cached coefficients when the bank holds exactly the
+        feature-trained fit's training articles (no map rendered)."""
+        bank, tables = self.bank, self.feature_tables
+        if tables is None or self._feature_ids != list(bank.ids):
+            return super().embed_bank()
+        training = self.training
+        self.eval()
+        try:
+            with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+                return self.net.embed_brain_features(tables.article.to(self.device))
+        finally:
+            self.train(training)
 
     # -- maps ---------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Tensor:

@@ -319,3 +319,42 @@ def hierarchy_losses(
         entailment_loss(parent, child, c, min_radius, aperture_scale),
         ordering_loss(parent, child, c, margin),
     )
+
+
+@at_least_fp32
+def centroid_loss(points: Tensor, c: Curvature, target: float) -> Tensor:
+    """MNM's official "entailment" term for one modality: how far the batch's Lorentzian
+    centroid (`lorentz.centroid`) lies from a target distance to the origin,
+    ``|d0(centroid(points)) - target|`` (points (n, d); 0 for n = 0). The official code passes
+    its targets through acos and ignores the curvature there; the distances are used here."""
+    if len(points) == 0:
+        return points.new_zeros(())
+    return (lorentz.dist0(lorentz.centroid(points, c), c) - target).abs()
+
+
+@at_least_fp32
+def breadth_ordering_loss(
+    points: Tensor,
+    breadth: Tensor,
+    c: Curvature,
+    min_ratio: float = 1.5,
+    partners: int = 16,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """MNM's official intra-brain hierarchy: a broader map may not lie farther from the origin.
+
+    For pairs (i, j) whose breadths (`features.map_breadth`) differ by at least `min_ratio`
+    (i broader), the penalty ``relu(log(t_i / t_j))`` with ``t`` the time component (the
+    official code's form). The official code sums over every pair of the batch (it grows with
+    the batch); here each point is compared with `partners` random others and the penalty is
+    averaged over the pairs that qualify, so its weight does not depend on the batch size.
+    Points (n, d), breadth (n,) -> a scalar (0 without a qualifying pair).
+    """
+    n = len(points)
+    if n < 2:
+        return points.new_zeros(())
+    i = torch.arange(n, device=points.device).repeat_interleave(partners)
+    j = torch.randint(0, n, (n * partners,), device=points.device, generator=generator)
+    broader = breadth[i] >= min_ratio * breadth[j]
+    log_t = lorentz.time_component(points, c).log()
+    return _mean(F.relu(log_t[i] - log_t[j])[broader])

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from text2brain.models.contrastive import losses
 from text2brain.models.contrastive.clip import CLIP
+from text2brain.models.contrastive.features import map_breadth
 from text2brain.models.contrastive.hierarchy import CONE_MEASURES, PREFIX
 from text2brain.models.contrastive.losses import LORENTZ_LOGITS
 from text2brain.models.contrastive.torch_model import MODALITIES, LorentzGeometry
+
+#: MNM's text <-> brain term: our cone hinge (MERU) or the official code's centroid targets.
+ENTAILMENTS = ("cone", "centroid")
 
 
 class MNM(CLIP):
@@ -41,6 +48,12 @@ class MNM(CLIP):
         hierarchy_aperture_scale: narrows (< 1) the cones of that loss.
         ordering_weight, ordering_margin: the penalty ``relu(d0(article) - d0(table) +
             margin)`` (0 switches it off).
+        entailment: "cone" (the parent's cone must contain the child, MERU's hinge) or
+            "centroid" (MNM's official term: each modality's batch centroid at a target
+            distance from the origin, `centroid_targets` = (text, brain)).
+        breadth_weight, breadth_ratio: MNM's official breadth ordering (a map at least
+            `breadth_ratio` times broader may not lie farther from the origin,
+            text2brain.models.contrastive.losses.breadth_ordering_loss); 0 switches it off.
         **kwargs: CLIP's arguments (text, brain, optim, embed_dim, temperature, retrieval_k,
             retrieval_temperature), with CLIP's defaults.
     """
@@ -60,6 +73,10 @@ class MNM(CLIP):
         hierarchy_aperture_scale: float = 1.0,
         ordering_weight: float = 5.0,
         ordering_margin: float = 0.2,
+        entailment: str = "cone",
+        centroid_targets: Sequence[float] = (0.5, 2.0),
+        breadth_weight: float = 0.0,
+        breadth_ratio: float = 1.5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -67,6 +84,7 @@ class MNM(CLIP):
             "entailment_weight": entailment_weight,
             "hierarchy_weight": hierarchy_weight,
             "ordering_weight": ordering_weight,
+            "breadth_weight": breadth_weight,
         }
         negative = {name: w for name, w in weights.items() if not w >= 0}
         if negative:
@@ -83,6 +101,15 @@ class MNM(CLIP):
             )
         if not (curvature > 0 and min_radius > 0):
             raise ValueError(f"curvature and min_radius must be > 0, got {curvature}, {min_radius}")
+        if entailment not in ENTAILMENTS:
+            raise ValueError(f"entailment must be one of {ENTAILMENTS}, got {entailment!r}")
+        if len(centroid_targets) != 2 or not all(t > 0 for t in centroid_targets):
+            raise ValueError(
+                f"centroid_targets must be two distances > 0 (text, brain), got "
+                f"{list(centroid_targets)}"
+            )
+        if not breadth_ratio > 1:
+            raise ValueError(f"breadth_ratio must be > 1, got {breadth_ratio}")
         self._warned: set[str] = set()
 
     def make_geometry(self) -> LorentzGeometry:
@@ -102,12 +129,26 @@ class MNM(CLIP):
     ) -> dict[str, tuple[Tensor, float]]:
         hp = self.hparams
         geometry: LorentzGeometry = self.net.geometry
-        terms = {
-            "entailment": (
-                geometry.entailment_loss(text, brain[: len(text)]),
-                hp.entailment_weight,
+        if hp.entailment == "centroid":
+            c = geometry.curvature()
+            text_target, brain_target = hp.centroid_targets
+            entailment = 0.5 * (
+                losses.centroid_loss(text, c, text_target)
+                + losses.centroid_loss(brain, c, brain_target)
             )
-        }
+        else:
+            entailment = geometry.entailment_loss(text, brain[: len(text)])
+        terms = {"entailment": (entailment, hp.entailment_weight)}
+        if hp.breadth_weight > 0:
+            breadth = batch.get("breadth")
+            if breadth is None:
+                breadth = map_breadth(self._batch_maps(batch))
+            terms["breadth"] = (
+                losses.breadth_ordering_loss(
+                    brain, breadth.to(brain.device), geometry.curvature(), hp.breadth_ratio
+                ),
+                hp.breadth_weight,
+            )
         parent, child = batch.get("hierarchy_parent"), batch.get("hierarchy_child")
         if parent is None:
             if hp.hierarchy_weight > 0 or hp.ordering_weight > 0:
@@ -130,6 +171,12 @@ class MNM(CLIP):
         terms["hierarchy"] = (hierarchy[0], hp.hierarchy_weight)
         terms["ordering"] = (hierarchy[1], hp.ordering_weight)
         return terms
+
+    def _batch_maps(self, batch: dict[str, Any]) -> Tensor:
+        """A rendered batch's maps in the order its brain embeddings are (maps, then tables)."""
+        extra = batch.get("hierarchy_maps")
+        maps = batch["map"]
+        return maps if extra is None or not len(extra) else torch.cat([maps, extra.to(maps.dtype)])
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)

@@ -26,9 +26,10 @@ from torch import Tensor, nn
 from text2brain import lorentz
 from text2brain.models.brain_encoder import BrainEncoder
 from text2brain.models.contrastive import hierarchy, losses
+from text2brain.models.contrastive.features import BasisBrainEncoder, MapBasis, ProjectionTower
 from text2brain.models.contrastive.hierarchy import HierarchyEmbeddings
 from text2brain.models.encoders import TextEncoder
-from text2brain.models.settings import BrainEncoderSettings, as_settings
+from text2brain.models.settings import BrainEncoderSettings, TextTowerSettings, as_settings
 from text2brain.models.targets import MAP_SCALES, encoder_input
 
 MODALITIES = ("text", "brain")
@@ -201,7 +202,9 @@ class ContrastiveNet(nn.Module):
         grid_shape: the brain grid; maps are scattered back onto it for the 3D CNN.
         mask_index: flat grid indices of the mask voxels (the order of masked vectors).
         embed_dim: feature size of both modalities.
-        brain: the `BrainEncoder` (text2brain.models.settings.BrainEncoderSettings).
+        brain: the brain tower (text2brain.models.settings.BrainEncoderSettings): the 3-D CNN
+            `BrainEncoder` or, with kind "basis", `BasisBrainEncoder` (fitted with `basis.fit`).
+        text_tower: the projection after the text encoder (TextTowerSettings).
     """
 
     def __init__(
@@ -212,9 +215,11 @@ class ContrastiveNet(nn.Module):
         mask_index: Tensor,
         embed_dim: int = 256,
         brain: BrainEncoderSettings | None = None,
+        text_tower: TextTowerSettings | None = None,
     ) -> None:
         super().__init__()
         brain = as_settings(BrainEncoderSettings, brain)
+        text_tower = as_settings(TextTowerSettings, text_tower)
         if brain.input_scale not in MAP_SCALES:
             raise ValueError(
                 f"brain.input_scale must be one of {MAP_SCALES}, got {brain.input_scale!r}"
@@ -228,19 +233,42 @@ class ContrastiveNet(nn.Module):
         # A plain Linear left MiniLM's pooled output (norm ~5) within 0.2 of the origin, where
         # every text is near every map: MNM's contrastive loss started above chance level.
         width = text_encoder.dim
-        self.text_projection = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, embed_dim))
-        nn.init.normal_(self.text_projection[1].weight, std=width**-0.5)
-        nn.init.zeros_(self.text_projection[1].bias)
-        self.brain_encoder = BrainEncoder(
-            embed_dim,
-            grid_shape=tuple(grid_shape),
-            channels=tuple(brain.channels),
-            norm=brain.norm,
-            activation=brain.activation,
-            output_offset=None if brain.offset is None else tuple(brain.offset),
-            output_crop=None if brain.crop is None else tuple(brain.crop),
-            dropout=brain.dropout,
-        )
+        if text_tower.kind == "mlp":
+            self.text_projection = ProjectionTower(
+                width,
+                embed_dim,
+                text_tower.width,
+                text_tower.blocks,
+                text_tower.dropout,
+                text_tower.output_norm,
+            )
+        else:
+            self.text_projection = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, embed_dim))
+            nn.init.normal_(self.text_projection[1].weight, std=width**-0.5)
+            nn.init.zeros_(self.text_projection[1].bias)
+        if brain.kind == "basis":
+            self.brain_encoder = BasisBrainEncoder(
+                MapBasis(len(mask_index), brain.components, brain.transform),
+                ProjectionTower(
+                    brain.components,
+                    embed_dim,
+                    brain.width,
+                    brain.blocks,
+                    brain.dropout,
+                    brain.output_norm,
+                ),
+            )
+        else:
+            self.brain_encoder = BrainEncoder(
+                embed_dim,
+                grid_shape=tuple(grid_shape),
+                channels=tuple(brain.channels),
+                norm=brain.norm,
+                activation=brain.activation,
+                output_offset=None if brain.offset is None else tuple(brain.offset),
+                output_crop=None if brain.crop is None else tuple(brain.crop),
+                dropout=brain.dropout,
+            )
         self.geometry = geometry
         self.grid_shape = tuple(grid_shape)
         self.register_buffer("mask_index", mask_index.clone(), persistent=False)
@@ -249,8 +277,21 @@ class ContrastiveNet(nn.Module):
         """Points (n, embed_dim) of the text encoder's pooled vectors (n, text_encoder.dim)."""
         return self.geometry.embed(self.text_projection(features), "text")
 
+    @property
+    def basis(self) -> MapBasis | None:
+        """The closed-form map basis of a "basis" brain tower (None for the CNN)."""
+        encoder = self.brain_encoder
+        return encoder.basis if isinstance(encoder, BasisBrainEncoder) else None
+
+    def embed_brain_features(self, coefficients: Tensor) -> Tensor:
+        """Points (n, embed_dim) of maps given by their `basis` coefficients (n, components)."""
+        return self.geometry.embed(self.brain_encoder.from_coefficients(coefficients), "brain")
+
     def embed_maps(self, maps: Tensor) -> Tensor:
-        """Points (n, embed_dim) of masked maps (n, n_voxels), each scaled by `input_scale`."""
+        """Points (n, embed_dim) of masked maps (n, n_voxels): through the basis and its MLP,
+        or scaled by `input_scale` and scattered onto the grid for the CNN."""
+        if self.basis is not None:
+            return self.geometry.embed(self.brain_encoder(maps), "brain")
         volume = maps.new_zeros((maps.shape[0], *self.grid_shape), dtype=torch.float32)
         volume.flatten(1)[:, self.mask_index] = encoder_input(maps.float(), self.input_scale)
         features = self.brain_encoder(volume)
