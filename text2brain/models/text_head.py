@@ -157,7 +157,12 @@ class TextEncoderHead(BrainMapModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "cacheable_texts"):
             return
-        cache = self._open_cache(datamodule, datamodule.cacheable_texts(), build, self._encode_live)
+        cache = self._open_cache(
+            datamodule,
+            datamodule.cacheable_texts(),
+            build,
+            lambda chunk: self._encode_live(chunk, len(chunk)),
+        )
         if cache is not None:
             rank_zero_info(
                 f"frozen text encoder: {len(cache):,} texts read from the embedding cache "
