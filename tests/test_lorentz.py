@@ -265,3 +265,16 @@ def test_exp_map_clamp_and_cone_ranges(mode: str, pair) -> None:
     for fn in (lorentz.exterior_angle, lorentz.pairwise_exterior_angle):
         angle = _apply(mode, lambda a, b, fn=fn: fn(a, b, c), x, y)
         assert ((angle >= 0) & (angle <= math.pi + 1e-6)).all()
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 2.0])
+def test_fast_pairwise_angle_matches_the_stable_one_and_its_gradient_is_exact(
+    scale: float,
+) -> None:
+    generator = torch.Generator().manual_seed(1)
+    x = (torch.randn(5, 4, dtype=torch.float64, generator=generator) * scale).requires_grad_()
+    y = (torch.randn(6, 4, dtype=torch.float64, generator=generator) * scale).requires_grad_()
+    c = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    fast = lorentz.pairwise_exterior_angle_fast(x, y, c)
+    assert torch.allclose(fast, lorentz.pairwise_exterior_angle(x, y, c), atol=1e-9)
+    assert torch.autograd.gradcheck(lorentz.pairwise_exterior_angle_fast, (x, y, c))
