@@ -196,6 +196,8 @@ def test_feature_training_runs_and_validates(feature_runs: dict[str, Any], name:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert np.isfinite(metrics["train/loss"])
     assert 0 <= metrics["val/recall@10_t2b"] <= 1 and np.isfinite(metrics["val/dice_auc"])
+    # The fit drew its batches from the cached features, not from rendered maps.
+    assert isinstance(trainer.train_dataloader.collate_fn, FeatureBatches)
     tables = model.feature_tables
     n_train = len(data.article_maps("train")[0])
     assert len(tables.article) == n_train

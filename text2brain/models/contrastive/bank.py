@@ -37,7 +37,11 @@ from text2brain.models.contrastive.retrieval import (
     compact_embeddings,
     retrieval_weights,
 )
+from text2brain.models.targets import scaled_targets
 from text2brain.text import check_texts
+
+#: How `retrieve_maps` measures a text's distance to the bank's maps (`retrieval_distance`).
+RETRIEVAL_SPACES = ("logits", "geodesic", "direction")
 
 #: Maps per forward pass when maps are embedded in bulk.
 BANK_CHUNK = 256
@@ -54,6 +58,8 @@ class RetrievalBankMixin:
     bank_fresh: bool = False
     retrieval_k: int
     retrieval_temperature: float | None
+    retrieval_space: str = "logits"
+    retrieval_transform: str = "none"
 
     def mark_bank_stale(self) -> None:
         """The weights are about to change: recompute the bank's embeddings when next read."""
@@ -165,9 +171,28 @@ class RetrievalBankMixin:
             )
             return torch.zeros(len(text), self.space.n_voxels, device=text.device)
         bank = self.require_bank("retrieve maps")
-        distance = self.net.geometry.cross_distance(text, bank.embeddings.to(text.device))
+        distance = self.retrieval_distance(text, bank.embeddings.to(text.device))
         indices, weights = retrieval_weights(distance, self.retrieval_k, self.temperature())
-        return bank.weighted_maps(indices, weights)
+        transform = self.retrieval_transform
+        if transform == "none":
+            return bank.weighted_maps(indices, weights)
+        return bank.weighted_maps(indices, weights, lambda maps: scaled_targets(maps, transform))
+
+    def retrieval_distance(self, text: Tensor, brain: Tensor) -> Tensor:
+        """Text x bank distances (n, N) that pick and weight a text's neighbours, by
+        `retrieval_space`: "logits" (what the contrastive logits are made of: MNM's exterior
+        angle, CLIP's cosine distance), "geodesic" (the Lorentz distance; CLIP: the cosine
+        distance) or "direction" (the cosine distance of the points' directions from the
+        origin, blind to how far out a map lies)."""
+        geometry = self.net.geometry
+        space = self.retrieval_space
+        if space == "logits":
+            return geometry.cross_distance(text, brain)
+        if space == "geodesic":
+            return geometry.distance(text, brain)
+        unit_text = torch.nn.functional.normalize(text.float(), dim=-1)
+        unit_brain = torch.nn.functional.normalize(brain.float(), dim=-1)
+        return 1.0 - unit_text @ unit_brain.T
 
     # -- retrieval both ways ------------------------------------------------------------------
     @torch.inference_mode()

@@ -26,7 +26,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from text2brain.brain import BrainSpace
 from text2brain.models.contrastive import hierarchy
-from text2brain.models.contrastive.bank import RetrievalBankMixin
+from text2brain.models.contrastive.bank import RETRIEVAL_SPACES, RetrievalBankMixin
 from text2brain.models.contrastive.features import (
     FeatureBatches,
     FeatureTables,
@@ -45,7 +45,7 @@ from text2brain.models.settings import (
     TextTowerSettings,
     as_settings,
 )
-from text2brain.models.targets import scale_maps
+from text2brain.models.targets import parse_transform, scaled_targets
 from text2brain.models.text_head import TextEncoderHead
 from text2brain.text import check_texts
 
@@ -99,6 +99,12 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         retrieval_k: how many nearest training articles a retrieved map averages.
         retrieval_temperature: temperature of their weights ``softmax(-distance / T)``;
             None uses the learned contrastive temperature.
+        retrieval_space: the distance that picks and weights them ("logits", "geodesic",
+            "direction": text2brain.models.contrastive.bank.RetrievalBankMixin
+            .retrieval_distance).
+        retrieval_transform: the monotone transform of the neighbours' max-scaled maps before
+            they are averaged ("none", "power:0.1", ...: text2brain.models.targets), as the
+            retrieval head's; targets are scored on the same scale.
         hierarchy_pairs: size of the fixed sample of article -> table pairs (and their
             articles' keywords, titles and abstracts) on which each validation and test logs
             the hierarchy measures (`val/hier/...`); 0 switches them off. 500 pairs add 1,000
@@ -130,6 +136,8 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         temperature: float = 0.07,
         retrieval_k: int = 20,
         retrieval_temperature: float | None = None,
+        retrieval_space: str = "logits",
+        retrieval_transform: str = "none",
         hierarchy_pairs: int = 500,
         text_tower: TextTowerSettings = TextTowerSettings(),
         feature_sources: Sequence[str] | None = None,
@@ -171,6 +179,13 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         self.initial_temperature = temperature
         self.retrieval_k = retrieval_k
         self.retrieval_temperature = retrieval_temperature
+        if retrieval_space not in RETRIEVAL_SPACES:
+            raise ValueError(
+                f"retrieval_space must be one of {RETRIEVAL_SPACES}, got {retrieval_space!r}"
+            )
+        parse_transform(retrieval_transform)  # a bad name fails here
+        self.retrieval_space = retrieval_space
+        self.retrieval_transform = retrieval_transform
         self.net: ContrastiveNet | None = None
         self.val_embeddings = EmbeddingCollector()
         self.test_embeddings = EmbeddingCollector()
@@ -235,13 +250,20 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         }
 
     # -- cached features ----------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        super().on_fit_start()  # the frozen encoder's embedding cache first
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":
+            self.prepare_features()
+
+    def prepare_features(self) -> None:
+        """Before a fit (in `setup`: Lightning builds the training loader, to count its steps,
+        before `on_fit_start`): fit the map basis unless it is fitted, and, with
+        `feature_sources`, cache the training features that the loader serves."""
         basis = self.net.basis
         datamodule = getattr(self.trainer, "datamodule", None)
         if basis is None or datamodule is None or not hasattr(datamodule, "article_maps"):
             return
-        if not basis.fitted:  # a resumed fit keeps its checkpoint's basis
+        if not basis.fitted:  # a resumed fit refits the same basis, then loads its own
             _, maps = datamodule.article_maps("train")
             basis.fit(maps)
             rank_zero_info(
@@ -250,6 +272,7 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
                 "variance)"
             )
         if self.feature_sources is not None:
+            self.attach_embedding_cache(build=True)
             self.feature_tables = self.build_feature_tables(datamodule)
 
     @torch.no_grad()
@@ -323,8 +346,8 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         return self.forward({"text": check_texts(texts, allow_empty=False)})
 
     def normalise_target(self, target: Tensor) -> Tensor:
-        """Targets on the scale of the bank's maps (largest absolute value 1)."""
-        return scale_maps(target)
+        """Targets on the scale of the retrieved maps (max-scaled, `retrieval_transform`)."""
+        return scaled_targets(target, self.retrieval_transform)
 
     # -- evaluation ---------------------------------------------------------------------------
     def _evaluate(self, batch: dict[str, Any], stage: str, metrics: Metric) -> None:
