@@ -62,6 +62,11 @@ class CosineGeometry(nn.Module):
     def stats(self, text: Tensor, brain: Tensor) -> dict[str, Tensor]:
         return {"logit_scale": self.logit_scale().detach()}
 
+    def specificity(self, points: Tensor) -> Tensor:
+        """How specific each point (n, d) is -> (n,): the sphere's stand-in for the distance to
+        the origin, the angle to the centre of the points given (`hierarchy.centre_angle`)."""
+        return hierarchy.centre_angle(points, points)
+
     def hierarchy_values(self, points: HierarchyEmbeddings) -> dict[str, Tensor]:
         """The sphere's norm-free hierarchy measures, per item: distances to the origin replaced
         by the angle to the centre of the sample's points of the same modality; no cone measures
@@ -171,6 +176,10 @@ class LorentzGeometry(nn.Module):
             lambda parent, child: hierarchy.in_cone(parent, child, c, self.min_radius),
             text_is_parent=self.parent == "text",
         )
+
+    def specificity(self, points: Tensor) -> Tensor:
+        """How specific each point (n, d) is -> (n,): its geodesic distance to the origin."""
+        return lorentz.dist0(points, self.curvature().detach())
 
     def curvature_at_lower_bound(self) -> bool:
         """Whether a learnable ``c`` sits at its lower bound (the known collapse)."""
