@@ -14,6 +14,7 @@ from text2brain.errors import add_debug_option
 from text2brain.query.files import INDEX_FILE, FolderInUse, plan_outputs, write_query_maps
 from text2brain.query.texts import check_queries, read_queries
 from text2brain.releases import UnknownReleaseError, describe_releases, resolve_release
+from text2brain.text import too_long as too_long_text
 
 #: `--meta-analysis` choices (text2brain.interop.nimare.ESTIMATORS, not imported at start).
 ESTIMATOR_CHOICES = ("ale", "mkda")
@@ -184,6 +185,14 @@ def query(argv: list[str] | None = None) -> None:
             print(f"skipped {blank} blank line(s) in {source}", file=sys.stderr)
         queries += [text for _, text in from_file]
         labels += [f"{source} line {n}" for n, _ in from_file]
+    too_long = [
+        f"{label} {why}"
+        for label, q in zip(labels, queries, strict=True)
+        if (why := too_long_text(q))
+    ]
+    if too_long:
+        more = f" (and {len(too_long) - 3} more)" if len(too_long) > 3 else ""
+        _fail(f"{'; '.join(too_long[:3])}{more}; shorten the queries, nothing was written")
     if not queries and not args.describe:
         _fail(
             "no query given: pass queries as arguments or with --queries-file (or maps to "

@@ -131,9 +131,9 @@ def write_query_maps(
     check under `strict`.
     """
     from text2brain.inference import UnknownTokensWarning
-    from text2brain.text import check_texts
+    from text2brain.text import MAX_QUERY_CHARS, check_texts
 
-    queries = check_texts(queries)
+    queries = check_texts(queries, max_chars=MAX_QUERY_CHARS)
     out_dir = Path(out_dir)
     previous, stems = plan_outputs(out_dir, queries, existing)
     unknown = check_queries(predictor, queries, strict=strict)

@@ -14,10 +14,8 @@ import nibabel as nib
 import numpy as np
 
 from text2brain.brain import BrainSpace
-from text2brain.text import quoted
+from text2brain.text import MAX_QUERY_CHARS, quoted
 
-#: Longest query, in characters (the MiniLM encoder reads at most 256 tokens anyway).
-MAX_QUERY_CHARS = 1000
 #: Largest upload, in bytes (a float32 map on NeuroQuery's 4 mm grid is 0.5 MB uncompressed).
 MAX_UPLOAD_BYTES = 16 * 2**20
 #: Largest NIfTI once a gzip upload is decompressed (a small bomb stays small).
