@@ -29,7 +29,7 @@ from text2brain.corpus import Corpus, load_corpus
 from text2brain.data.hierarchy import HierarchySample, sample_hierarchy
 from text2brain.data.sampling import Pair, TextSampler
 from text2brain.data.split import Split, SplitRule, load_or_make_split, shipped_neuroquery_split
-from text2brain.outputs import atomic_output
+from text2brain.outputs import atomic_output, remove_stale_temporaries
 from text2brain.paths import cache_dir
 from text2brain.validation import check_number
 
@@ -501,6 +501,7 @@ class TextMapDataModule(L.LightningDataModule):
             json.dumps([self.fingerprint, self.hparams.fwhm, self.space.to_dict()]).encode()
         ).hexdigest()[:16]
         path = cache_dir() / "maps" / f"{self.corpus.name}-{key}.npy"
+        remove_stale_temporaries(path.parent)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             maps = self.renderer(
