@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from text2brain.errors import Interrupted
 from text2brain.outputs import atomic_output, remove_stale_temporaries
 from text2brain.query.pictures import write_html, write_png
 from text2brain.query.texts import check_queries, file_stems
@@ -196,6 +197,11 @@ def write_query_maps(
             for query, stem, image in zip(batch, stems[start:], images, strict=False):
                 written += _write_one(out_dir, stem, query, image, png, html, rows)
                 bar(1)
+    except KeyboardInterrupt as err:  # what was written, in one line (text2brain.errors)
+        raise Interrupted(
+            f"wrote {len(rows) - len(previous)} of {len(queries)} map(s) to {out_dir}/, each "
+            f"whole and listed in {index}; add the rest with --append"
+        ) from err
     finally:
         bar(0, close=True)
     written.append(index)

@@ -63,12 +63,27 @@ def check_query(values: list[str], max_chars: int = MAX_QUERY_CHARS) -> str:
 
 
 def check_k(values: list[str], default: int = 10, most: int = MAX_K) -> int:
-    """The ``k`` parameter (how many articles): a whole number from 1 to `most`."""
+    """The ``k`` parameter (how many articles): a whole number from 1 to `most`.
+
+    ASCII digits only, and few of them: `str.isdigit` also accepts "²", which `int` refuses,
+    and `int` of thousands of digits is refused by Python itself (both were HTTP 500s).
+    """
     if not values:
         return default
-    if len(values) > 1 or not values[0].strip().isdigit() or not 1 <= int(values[0]) <= most:
-        raise RequestError(400, f"k must be a whole number from 1 to {most}, got {values!r}")
-    return int(values[0])
+    number = parse_count(values[0]) if len(values) == 1 else None
+    if number is None or not 1 <= number <= most:
+        shown = [value[:20] for value in values[:3]]
+        raise RequestError(400, f"k must be a whole number from 1 to {most}, got {shown!r}")
+    return number
+
+
+def parse_count(text: str, digits: int = 18) -> int | None:
+    """A whole number written in at most `digits` ASCII digits (spaces around allowed), else
+    None."""
+    text = text.strip()
+    if not (0 < len(text) <= digits and text.isascii() and text.isdigit()):
+        return None
+    return int(text)
 
 
 def read_nifti(
