@@ -244,6 +244,9 @@ def query(argv: list[str] | None = None) -> None:
     predictor = load_predictor(model, device=args.device, precision=args.precision)
     for line in check_queries(predictor, queries, labels, args.strict):  # all at once
         print(f"text2brain query: warning: {line}", file=sys.stderr)
+    corpus = None
+    if args.meta_analysis is not None:  # every option checked before any file is written
+        corpus = _check_meta_k(predictor, args)
     with warnings.catch_warnings():  # the lines above said it, naming files and lines
         warnings.simplefilter("ignore", UnknownTokensWarning)
         if out_dir is not None and queries:
@@ -264,7 +267,7 @@ def query(argv: list[str] | None = None) -> None:
                     for p in written
                     if p.suffixes[-2:] == [".nii", ".gz"]
                 ]
-                _meta_analyses(predictor, queries, stems, out_dir, args)
+                _meta_analyses(predictor, queries, stems, out_dir, args, corpus)
         if args.related and queries:
             found = [(q, predictor.related_articles(q, args.top or LISTED)) for q in queries]
             print_articles(found, "query")
@@ -273,17 +276,37 @@ def query(argv: list[str] | None = None) -> None:
         print_articles(found, "map")
 
 
-def _meta_analyses(
-    predictor: Any, queries: list[str], stems: list[str], out_dir: Path, args: argparse.Namespace
-) -> None:
-    """--meta-analysis: each query's studies meta-analysed, its files written beside its map."""
-    from text2brain.interop.meta import write_meta_analysis
+def _check_meta_k(predictor: Any, args: argparse.Namespace) -> Any:
+    """--meta-analysis's -k against the studies there are to retrieve (it used to fail after
+    the maps were written); the --corpus, loaded here once, or None."""
+    from text2brain.interop.meta import studies_available
 
     corpus = None
     if args.corpus is not None:
         from text2brain.corpus import load_corpus
 
         corpus = load_corpus(args.corpus, predictor.space)
+    k = args.top or META_STUDIES
+    available = studies_available(predictor, corpus)
+    if available is not None and k > available:
+        _fail(
+            f"-k {k} is more than the {available:,} studies there are to meta-analyse; ask "
+            f"for at most {available}, nothing was written"
+        )
+    return corpus
+
+
+def _meta_analyses(
+    predictor: Any,
+    queries: list[str],
+    stems: list[str],
+    out_dir: Path,
+    args: argparse.Namespace,
+    corpus: Any,
+) -> None:
+    """--meta-analysis: each query's studies meta-analysed, its files written beside its map."""
+    from text2brain.interop.meta import write_meta_analysis
+
     for query, stem in zip(queries, stems, strict=True):
         result = predictor.meta_analysis(
             query,
