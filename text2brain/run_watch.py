@@ -93,7 +93,10 @@ class ProgressLog(L.Callback):
         step, total = trainer.global_step, trainer.estimated_stepping_batches
         elapsed = now - self.start
         done = step - self.first_step
-        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        epochs = trainer.max_epochs
+        parts = [
+            f"epoch {trainer.current_epoch + 1}" + (f"/{epochs}" if epochs and epochs > 0 else "")
+        ]
         parts.append(f"step {step:,}/{total:,}" if math.isfinite(total) else f"step {step:,}")
         if loss is not None:
             parts.append(f"loss {float(loss.detach().float()):.4g}")

@@ -109,6 +109,8 @@ class Text2BrainCLI(LightningCLI):
         (`explicit_trainer_keys(argv)`): a run need that replaces one of them warns."""
         self.explicit_trainer_keys = frozenset(explicit_trainer_keys)
         self._print_request: dict[str, Any] | None = None
+        #: Checkpoints of an earlier run in this fit's checkpoint folders (`--overwrite`).
+        self._earlier_checkpoints: list[Path] = []
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
@@ -171,7 +173,6 @@ class Text2BrainCLI(LightningCLI):
             raise ConfigError(str(err)) from err
         drop_logger_only_callbacks(config.trainer)
         drop_checkpoints_in_fast_dev_run(config.trainer)
-        self._earlier_checkpoints: list[Path] = []
         if self.config.subcommand == "fit":
             if config.get("ckpt_path"):
                 continue_wandb_run(config)
