@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import warnings
@@ -136,6 +137,30 @@ def test_from_nifti_image_on_another_grid(small_space: BrainSpace) -> None:
     ):
         with pytest.raises(ValueError, match="resample"):
             small_space.from_nifti_image(img)
+
+
+@pytest.mark.parametrize("shape", [(1024, 1024, 512), (32767, 32767, 32767)])
+def test_a_huge_header_is_refused_before_any_voxel_is_read(
+    small_space: BrainSpace, tmp_path, shape: tuple[int, ...]
+) -> None:
+    """A 2 MB gzip whose header says 1024x1024x512 took 5.2 GB; 32767^3 a MemoryError."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    header.set_sform(small_space.affine, code=1)
+    path = tmp_path / "huge.nii.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(header.binaryblock + b"\0" * 4 + b"\0" * 1000)  # a few voxels only
+    with pytest.raises(ValueError, match=rf"image grid \({shape[0]}, .* does not match"):
+        small_space.from_nifti_image(path)
+
+
+def test_a_complex_valued_map_is_refused(small_space: BrainSpace, tmp_path) -> None:
+    volume = np.ones(small_space.shape, dtype=np.complex64)
+    path = tmp_path / "complex.nii.gz"
+    nib.Nifti1Image(volume, small_space.affine).to_filename(path)
+    with pytest.raises(ValueError, match=r"complex64 values; a map must hold real numbers"):
+        small_space.from_nifti_image(path)
 
 
 def test_from_nifti_mask_and_mask_image(small_space: BrainSpace, tmp_path) -> None:

@@ -485,8 +485,9 @@ def test_fit_twice_in_the_same_run_dir(job: Job, run_dir: Path, cli) -> None:
         "1",
     ]
     first = cli(*argv)
-    second = cli(*argv, "--seed_everything", "7")
+    second = cli(*argv, "--seed_everything", "7", "--overwrite", "true")
     assert finished(first) and finished(second)
+    assert not list((run_dir / "ckpts").glob("*-v1.ckpt"))  # never versioned
     assert first.trainer.log_dir == second.trainer.log_dir
     saved = yaml.safe_load((Path(second.trainer.log_dir) / "config.yaml").read_text())
     assert saved["seed_everything"] == 7
@@ -685,9 +686,9 @@ def test_a_bad_config_value_is_one_line_before_any_work(
         main(["fit", "-c", str(job.config), "--data.batch_size", "0"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "text2brain fit: error: batch sizes must be >= 1"
+    assert err[-1] == "text2brain fit: error: data.batch_size must be an int >= 1, got 0"
     assert not any("Traceback" in line for line in err)
-    with pytest.raises(ConfigError, match="batch sizes must be >= 1"):
+    with pytest.raises(ConfigError, match="data.batch_size must be an int >= 1"):
         main(["fit", "-c", str(job.config), "--data.batch_size", "0", "--debug"])
     assert not list(run_dir.iterdir())
 
@@ -705,3 +706,62 @@ def test_a_missing_corpus_file_stops_fit_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("text2brain fit: error: NeuroQuery file ")
     assert "is missing from" in err[-1] and not any("Traceback" in line for line in err)
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str], *argv: Any) -> str:
+    """The one line `text2brain ARGV` prints before exiting with status 2."""
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not any("Traceback" in line for line in err)
+    return err[-1]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--model.init_args.optim.lr=-0.01", "optim.lr must be a number > 0, got -0.01"),
+        ("--data.fwhm=-1", "data.fwhm must be a number > 0, got -1"),
+        ("--trainer.max_steps=-5", "`max_steps` must be a non-negative integer or -1"),
+    ],
+)
+def test_a_bad_setting_stops_fit_in_one_line_before_any_work(
+    job: Job, run_dir: Path, capsys: pytest.CaptureFixture[str], option: str, message: str
+) -> None:
+    line = one_error_line(capsys, "fit", "-c", job.config, option)
+    assert line.startswith("text2brain fit: error: ") and message in line
+    assert not list(run_dir.iterdir())
+
+
+def test_a_rerun_into_a_folder_of_checkpoints_is_refused(
+    job: Job, run_dir: Path, cli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second fit used to write last-v1.ckpt beside the first run's last.ckpt, so resuming
+    from last.ckpt resumed the oldest run."""
+    short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
+    assert finished(cli("fit", "-c", job.config, *short, "--trainer.limit_val_batches", "1"))
+    before = sorted((run_dir / "ckpts").iterdir())
+    line = one_error_line(capsys, "fit", "-c", job.config, *short)
+    assert "holds an earlier run's checkpoints (best.ckpt, last.ckpt, latest.ckpt)" in line
+    assert "--ckpt_path ckpts/last.ckpt" in line and "--overwrite true" in line
+    assert sorted((run_dir / "ckpts").iterdir()) == before
+
+
+def test_ckpt_path_must_be_a_checkpoint_of_the_runs_head(
+    job: Job, run_dir: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truncated = run_dir / "truncated.ckpt"
+    truncated.write_bytes(tiny_checkpoint.read_bytes()[:5000])
+    line = one_error_line(capsys, "test", "-c", job.config, "--ckpt_path", truncated)
+    assert line == (
+        f"text2brain test: error: --ckpt_path '{truncated}' cannot be read (Invalid argument): "
+        "a truncated or damaged checkpoint?"
+    )
+    other = "text2brain.models.text_ridge.TextRidge"
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    ckpt["text2brain"]["class_path"] = other
+    relabelled = run_dir / "ridge.ckpt"
+    torch.save(ckpt, relabelled)
+    line = one_error_line(capsys, "validate", "-c", job.config, "--ckpt_path", relabelled)
+    assert "is a checkpoint of the 'text_ridge' head, but the run's model is 'text2brain'" in line

@@ -252,3 +252,25 @@ def test_bank_side_file_is_checked_and_replaced(
     assert not (folder / BANK_NAME).exists()
     assert "files" in json.loads((folder / CONFIG_NAME).read_text())
     load_predictor(folder, device="cpu")
+
+
+def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(
+    frozen_checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It was a SafetensorError traceback, and an empty folder was left."""
+    import safetensors.torch
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise safetensors.SafetensorError("Error while serializing: No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    out = tmp_path / "export"
+    with pytest.raises(SystemExit) as info:
+        main(["export", str(frozen_checkpoint), "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err and "No space left on device" in err
+    assert err.startswith(f"text2brain export: error: cannot write '{out / WEIGHTS_NAME}'")
+    assert not out.exists()

@@ -110,7 +110,7 @@ def test_no_private_name_is_imported_across_modules() -> None:
 LAYERS: dict[str, tuple[str, ...]] = {
     "utilities": (
         "errors", "figures", "lorentz", "metrics", "outputs", "paths", "precision", "text",
-        "tokens",
+        "tokens", "validation",
     ),
     "brain": ("brain", "neuroquery_files"),
     "corpus": ("corpus",),
@@ -121,7 +121,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "models": ("models", "checkpoint", "releases"),
     "apps": (
         "", "__main__", "bench", "callbacks", "cli", "compare", "export", "inference",
-        "interop", "legacy_config", "query", "serve", "training",
+        "interop", "legacy_config", "query", "run_watch", "serve", "training",
     ),
 }  # fmt: skip
 

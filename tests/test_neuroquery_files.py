@@ -37,6 +37,14 @@ def test_fetch_missing_file_offline(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # no partial download left behind
 
 
+def test_a_data_dir_that_is_a_file_says_so(tmp_path: Path) -> None:
+    """It used to say that a NeuroQuery file is missing and could not be downloaded."""
+    regular = tmp_path / "notes.txt"
+    regular.write_text("not a folder\n")
+    with pytest.raises(CorpusFileError, match=r"notes.txt' is a file, not a folder"):
+        fetch_neuroquery_file("mask_img.nii.gz", regular)
+
+
 def test_fetch_corrupt_file(tmp_path: Path) -> None:
     name = "vocabulary.csv"
     (tmp_path / name).write_bytes(b"not the NeuroQuery vocabulary")

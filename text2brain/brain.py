@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import math
 import warnings
+import zlib
 from dataclasses import dataclass
 from os import PathLike
 from typing import TYPE_CHECKING, Any
@@ -152,31 +153,38 @@ class BrainSpace:
     def from_nifti_image(self, image: str | PathLike | nib.Nifti1Image) -> np.ndarray:
         """A NIfTI map on this grid -> masked float32 vector; another grid is an error.
 
-        Every error is a ValueError naming the file (a missing file: FileNotFoundError).
+        Every error is a ValueError naming the file (a missing file: FileNotFoundError). The
+        header (shape, grid, data type) is checked before any voxel is read: a small gzip whose
+        header claims a huge grid is refused at once instead of filling the memory.
         """
         name = f"{str(image)!r}" if isinstance(image, (str, PathLike)) else "the image"
         try:
             img = nib.load(image) if isinstance(image, (str, PathLike)) else image
-            data = np.asarray(img.get_fdata(dtype=np.float32))
+            shape, dtype = tuple(int(n) for n in img.shape), np.dtype(img.get_data_dtype())
         except FileNotFoundError:
             raise
-        except (ImageFileError, OSError, EOFError, ValueError) as err:
-            reason = " ".join(str(err).split())[:200] or type(err).__name__
-            raise ValueError(f"{name} is not a readable NIfTI image ({reason})") from err
-        if data.ndim == 4 and data.shape[3] == 1:
-            data = data[..., 0]
-        if data.ndim == 4:
+        except (ImageFileError, OSError, EOFError, ValueError, TypeError) as err:
+            raise ValueError(f"{name} is not a readable NIfTI image ({_reason(err)})") from err
+        if len(shape) == 4 and shape[3] == 1:
+            shape = shape[:3]
+        if len(shape) == 4:
             raise ValueError(
-                f"{name} holds {data.shape[3]} volumes (a 4-D series); pass one 3-D map, e.g. "
+                f"{name} holds {shape[3]} volumes (a 4-D series); pass one 3-D map, e.g. "
                 "nilearn.image.index_img(img, 0)"
             )
-        if data.shape != self.shape or not np.allclose(img.affine, self.affine, atol=1e-3):
+        if shape != self.shape or not np.allclose(img.affine, self.affine, atol=1e-3):
             where = "" if name == "the image" else f"{name}: "
             raise ValueError(
-                f"{where}image grid {data.shape} with affine {img.affine.tolist()} does not "
+                f"{where}image grid {shape} with affine {img.affine.tolist()} does not "
                 f"match this space ({self.shape}, affine {self.affine.tolist()}); resample it "
                 "first, e.g. nilearn.image.resample_to_img(img, space_mask_img)"
             )
+        if dtype.kind not in "biuf":
+            raise ValueError(f"{name} holds {dtype} values; a map must hold real numbers")
+        try:
+            data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(self.shape)
+        except (OSError, EOFError, ValueError, zlib.error) as err:
+            raise ValueError(f"{name} is not a readable NIfTI image ({_reason(err)})") from err
         return self.to_vector(data)
 
     def mask_image(self) -> nib.Nifti1Image:
@@ -351,6 +359,11 @@ def render_table_maps(
     weights = np.ones(len(coordinates), dtype=np.float32)
     maps = Renderer(space, fwhm)(table_of_peak, xyz, weights, len(keys), snap_to_voxel)
     return keys, maps
+
+
+def _reason(err: BaseException) -> str:
+    """An exception's message on one line, short enough for an error message."""
+    return " ".join(str(err).split())[:200] or type(err).__name__
 
 
 def _require_finite(xyz: np.ndarray) -> None:

@@ -92,12 +92,13 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 def lightning(argv: list[str]) -> None:
     """Run a LightningCLI subcommand with the zoo's models and the shared data module."""
+    from text2brain.run_watch import TrainingDiverged
     from text2brain.training import ConfigError, run_lightning_cli
 
     def stops_in_one_line(err: BaseException) -> bool:
-        """A bad configuration, or a missing or corrupt corpus file (found when the run
-        prepares its data); anything else that stops a run keeps its traceback."""
-        return isinstance(err, (ConfigError, *corpus_file_errors()))
+        """A bad configuration, a missing or corrupt corpus file (found when the run prepares
+        its data) or a diverged training; anything else that stops a run keeps its traceback."""
+        return isinstance(err, (ConfigError, TrainingDiverged, *corpus_file_errors()))
 
     def run(args: list[str]) -> None:
         run_lightning_cli([argv[0], *(arg for arg in args if arg != DEBUG_FLAG)])

@@ -2,8 +2,9 @@
 
 A bad file, path or value (OSError, ValueError, TypeError, a corpus file that fails its check)
 is reported as `text2brain COMMAND: error: MESSAGE`, without the traceback, which says nothing
-to a user and buries the message. `--debug`, or TEXT2BRAIN_DEBUG=1 in the environment, lets
-the exception through with its traceback.
+to a user and buries the message; Ctrl-C as `text2brain COMMAND: interrupted: ...`, saying
+what was written, with exit status 130. `--debug`, or TEXT2BRAIN_DEBUG=1 in the environment,
+lets the exception through with its traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable
 
 DEBUG_ENV = "TEXT2BRAIN_DEBUG"
 DEBUG_FLAG = "--debug"
+#: What an interrupted command says of its files when it has nothing more precise to say.
+INTERRUPTED_FILES = "every file written so far is whole; none was left half-written"
 
 
 def add_debug_option(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +48,10 @@ class MissingExtraError(ImportError):
         )
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the command had written by then as its message (for `run_command`)."""
+
+
 def corpus_file_errors() -> tuple[type[BaseException], ...]:
     """The corpus-file error class, when its module was imported (so the error can exist)."""
     files = sys.modules.get("text2brain.neuroquery_files")
@@ -63,9 +70,16 @@ def run_command(
     argv: list[str],
     user_error: Callable[[BaseException], bool] = is_user_error,
 ) -> None:
-    """Run `text2brain NAME` with its arguments; a user error is one line and exit status 2."""
+    """Run `text2brain NAME` with its arguments; a user error is one line and exit status 2,
+    Ctrl-C one line (what was written) and exit status 130, as a shell reports SIGINT."""
     try:
         command(argv)
+    except KeyboardInterrupt as err:
+        if debugging(argv):
+            raise
+        done = str(err) if isinstance(err, Interrupted) and str(err) else INTERRUPTED_FILES
+        print(f"text2brain {name}: interrupted: {done}", file=sys.stderr)
+        sys.exit(130)
     except Exception as err:
         if debugging(argv) or not user_error(err):
             raise

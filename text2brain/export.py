@@ -34,6 +34,7 @@ base encoder fails with a clear error; it cannot silently change the maps.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -62,7 +63,7 @@ from text2brain.checkpoint import (
 )
 from text2brain.errors import add_debug_option
 from text2brain.models.formats import CHECKPOINT_FORMAT, state_fingerprint
-from text2brain.outputs import atomic_output, write_text
+from text2brain.outputs import OutputError, atomic_output, write_text
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _FLOAT16_MAX = float(torch.finfo(torch.float16).max)
@@ -112,6 +113,7 @@ def export_checkpoint(
         keep_base_encoder: also store text-encoder weights that equal the base encoder's.
         overwrite: replace an existing export in `out_dir`.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     if dtype not in DTYPES:
@@ -133,6 +135,7 @@ def export_checkpoint(
     state = ckpt["state_dict"]
 
     base_keys: list[str] = []
+    base_state: dict[str, torch.Tensor] = {}
     if not keep_base_encoder:
         base = build_model(path, cls, ckpt, pretrained=True)  # the installed base weights
         base_state = base.state_dict()
@@ -165,34 +168,41 @@ def export_checkpoint(
             "text2brain heads take plain arguments"
         ) from err
 
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     weights_path = out / WEIGHTS_NAME
-    with atomic_output(weights_path) as tmp:
-        save_file(tensors, tmp, metadata={"format": FORMAT_NAME})
-    for name, value in side_files.items():  # compact: these are data, not a config to read
-        write_text(out / name, json.dumps(value, ensure_ascii=False, separators=(",", ":")))
-    for name in SIDE_FILES.values():  # a previous export's, now stale
-        for stale in out.glob(f"*{name}"):
-            if stale.name not in side_files:
-                stale.unlink()
-    config = {
-        "format": FORMAT_NAME,
-        "export_format": EXPORT_FORMAT,
-        "checkpoint_format": CHECKPOINT_FORMAT,
-        "text2brain_version": __version__,
-        "class_path": ckpt["text2brain"].get("class_path"),
-        "hyper_parameters": hyper_parameters,
-        "text2brain": section,
-        "weights": {"file": WEIGHTS_NAME, "sha256": file_sha256(weights_path), "dtype": dtype},
-        "files": {name: file_sha256(out / name) for name in side_files},
-        "base_encoder": (
-            {"keys": base_keys, "fingerprint": state_fingerprint(base_state, base_keys)}
-            if base_keys
-            else None
-        ),
-        "source": _provenance(path, ckpt),
-    }
-    write_text(out / CONFIG_NAME, json.dumps(config, indent=1) + "\n")
+    written: list[Path] = []
+    try:
+        # model.json, written last, makes the folder an export: a replaced export's goes
+        # first, so an export that fails half-way is never taken for a whole one.
+        (out / CONFIG_NAME).unlink(missing_ok=True)
+        with atomic_output(weights_path) as tmp:
+            try:
+                save_file(tensors, tmp, metadata={"format": FORMAT_NAME})
+            except SafetensorError as err:  # a full disk, said in safetensors' own type
+                raise OutputError(f"cannot write {str(weights_path)!r}: {err}") from err
+        written.append(weights_path)
+        for name, value in side_files.items():  # compact: data, not a config to read
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            written.append(write_text(out / name, text))
+        for name in SIDE_FILES.values():  # a previous export's, now stale
+            for stale in out.glob(f"*{name}"):
+                if stale.name not in side_files:
+                    stale.unlink()
+        write_text(
+            out / CONFIG_NAME,
+            _config_text(
+                path, ckpt, out, section, side_files, hyper_parameters, dtype, base_keys, base_state
+            ),
+        )
+    except BaseException:
+        for file in written:
+            with contextlib.suppress(OSError):
+                file.unlink()
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     written = [weights_path, out / CONFIG_NAME, *(out / name for name in side_files)]
     return ExportSummary(
         out,
@@ -203,6 +213,42 @@ def export_checkpoint(
         {name: (out / name).stat().st_size for name in side_files},
         sum(path.stat().st_size for path in written),
     )
+
+
+def _config_text(
+    path: Path,
+    ckpt: dict[str, Any],
+    out: Path,
+    section: dict[str, Any],
+    side_files: dict[str, Any],
+    hyper_parameters: dict[str, Any],
+    dtype: str,
+    base_keys: list[str],
+    base_state: dict[str, torch.Tensor],
+) -> str:
+    """model.json: what the export holds, with the sha256 of its files (written already)."""
+    config = {
+        "format": FORMAT_NAME,
+        "export_format": EXPORT_FORMAT,
+        "checkpoint_format": CHECKPOINT_FORMAT,
+        "text2brain_version": __version__,
+        "class_path": ckpt["text2brain"].get("class_path"),
+        "hyper_parameters": hyper_parameters,
+        "text2brain": section,
+        "weights": {
+            "file": WEIGHTS_NAME,
+            "sha256": file_sha256(out / WEIGHTS_NAME),
+            "dtype": dtype,
+        },
+        "files": {name: file_sha256(out / name) for name in side_files},
+        "base_encoder": (
+            {"keys": base_keys, "fingerprint": state_fingerprint(base_state, base_keys)}
+            if base_keys
+            else None
+        ),
+        "source": _provenance(path, ckpt),
+    }
+    return json.dumps(config, indent=1) + "\n"
 
 
 def encoder_prefixes(model: torch.nn.Module) -> tuple[str, ...]:

@@ -34,7 +34,7 @@ from text2brain import precision as precisions
 from text2brain.brain import BrainSpace
 from text2brain.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_model, model_name
 from text2brain.models.head import BrainMapHead
-from text2brain.text import check_texts, quoted
+from text2brain.text import MAX_QUERY_CHARS, check_texts, quoted, too_long
 
 if TYPE_CHECKING:
     from text2brain.interop.meta import MetaAnalysis
@@ -149,13 +149,20 @@ class Predictor:
             f"{self.space.n_voxels:,} voxels, {self.precision})"
         )
 
-    def predict_vectors(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def predict_vectors(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        max_chars: int | None = MAX_QUERY_CHARS,
+    ) -> np.ndarray:
         """Masked maps, float32 (len(texts), n_voxels), in the order of `texts`.
 
         Texts are batched by similar length (less padding); the result does not depend on
-        `batch_size` beyond float rounding, since the model is in eval mode.
+        `batch_size` beyond float rounding, since the model is in eval mode. A text longer than
+        `max_chars` is refused before any work (None: no limit, for corpus texts such as
+        abstracts, which the model cuts at its token limit).
         """
-        texts = check_texts(texts)
+        texts = check_texts(texts, max_chars=max_chars)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.warn_unknown_tokens(texts)
@@ -224,9 +231,13 @@ class Predictor:
             warnings.warn("; ".join(lines), UnknownTokensWarning, stacklevel=3)
         return lines
 
-    def predict_maps(self, texts: Sequence[str], batch_size: int = 64) -> list[nib.Nifti1Image]:
-        """One float32 NIfTI image per text, on the model's grid (zero outside the brain mask)."""
-        return [self.space.to_nifti(v) for v in self.predict_vectors(texts, batch_size)]
+    def predict_maps(
+        self, texts: Sequence[str], batch_size: int = 64, max_chars: int | None = MAX_QUERY_CHARS
+    ) -> list[nib.Nifti1Image]:
+        """One float32 NIfTI image per text, on the model's grid (zero outside the brain mask);
+        `max_chars` as for `predict_vectors`."""
+        vectors = self.predict_vectors(texts, batch_size, max_chars)
+        return [self.space.to_nifti(v) for v in vectors]
 
     def _autocast(self) -> torch.autocast:
         dtype = PRECISIONS[self.precision]
@@ -246,6 +257,8 @@ class Predictor:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if not text.strip():
             raise ValueError(f"text is empty or whitespace-only ({text!r})")
+        if why := too_long(text):
+            raise ValueError(f"text ({quoted(text)}) {why}")
         self.warn_unknown_tokens([text], ["text"])
         with torch.inference_mode(), self._autocast():
             return method([text], k)[0]

@@ -103,6 +103,11 @@ def fetch_neuroquery_file(name: str, data_dir: str | os.PathLike | None = None) 
         raise KeyError(f"{name!r} is not a NeuroQuery file; known: {sorted(FILES)}")
     upstream, expected = FILES[name]
     folder = neuroquery_data_dir(data_dir)
+    if folder.exists() and not folder.is_dir():
+        raise CorpusFileError(
+            f"the NeuroQuery data folder {str(folder)!r} is a file, not a folder: pass the "
+            f"folder that holds the NeuroQuery files (--data-dir, data_dir or {DATA_DIR_ENV})"
+        )
     path = folder / name
     url = URL.format(commit=COMMIT, path=upstream)
     if not path.exists():

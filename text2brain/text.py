@@ -53,8 +53,27 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def check_texts(texts: Iterable[str], allow_empty: bool = True) -> list[str]:
-    """The texts as a list, or an error naming the first bad one (before any model work)."""
+#: Longest query a user may give (the CLI, the Python API and the server), in characters. The
+#: encoders read at most a few hundred tokens anyway, and a longer text is tokenised whole first:
+#: a 100 MB one-line query took 11 GB of memory before this limit.
+MAX_QUERY_CHARS = 1000
+
+
+def too_long(text: str, max_chars: int = MAX_QUERY_CHARS) -> str | None:
+    """Why a query is too long (the words for a message), or None when it is not."""
+    if len(text) <= max_chars:
+        return None
+    return f"is too long: {len(text):,} characters, at most {max_chars:,}"
+
+
+def check_texts(
+    texts: Iterable[str], allow_empty: bool = True, max_chars: int | None = None
+) -> list[str]:
+    """The texts as a list, or an error naming the first bad one (before any model work).
+
+    `max_chars` bounds each text's length (user queries: `MAX_QUERY_CHARS`; None for corpus
+    texts such as abstracts, which the tokenizer cuts at the model's token limit).
+    """
     if isinstance(texts, (str, bytes)):
         raise TypeError(
             f"texts must be a list of str, got a single {type(texts).__name__}; pass [text] "
@@ -72,6 +91,8 @@ def check_texts(texts: Iterable[str], allow_empty: bool = True) -> list[str]:
             raise ValueError(f"texts[{i}] is empty or whitespace-only ({text!r})")
         if "\x00" in text:  # tokenizers drop it silently: a sign of a binary or broken input
             raise ValueError(f"texts[{i}] contains a NUL character ({quoted(text)})")
+        if max_chars is not None and (why := too_long(text, max_chars)):
+            raise ValueError(f"texts[{i}] ({quoted(text)}) {why}")
     return texts
 
 

@@ -26,6 +26,7 @@ from text2brain.data import TextMapDataModule
 from text2brain.legacy_config import upgrade_argv
 from text2brain.models import model_class, registered_name
 from text2brain.models.base import BrainMapModule
+from text2brain.run_watch import run_callbacks
 
 try:  # jsonargparse's --print_config, held until the head's run needs are applied
     from jsonargparse._actions import _ActionPrintConfig as _PrintConfig
@@ -66,6 +67,7 @@ class AutoPrecisionTrainer(L.Trainer):
         choice = precisions.trainer_precision(precision, _accelerator_name(accelerator))
         if rank_zero_only.rank == 0:
             precisions.report(choice, info=rank_zero_info)
+        kwargs["callbacks"] = run_callbacks(kwargs.get("callbacks"))
         super().__init__(accelerator=accelerator, precision=choice.precision, **kwargs)
 
 
@@ -107,6 +109,8 @@ class Text2BrainCLI(LightningCLI):
         (`explicit_trainer_keys(argv)`): a run need that replaces one of them warns."""
         self.explicit_trainer_keys = frozenset(explicit_trainer_keys)
         self._print_request: dict[str, Any] | None = None
+        #: Checkpoints of an earlier run in this fit's checkpoint folders (`--overwrite`).
+        self._earlier_checkpoints: list[Path] = []
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
@@ -123,6 +127,13 @@ class Text2BrainCLI(LightningCLI):
             help="folder of the ModelCheckpoint callbacks that name none (default: "
             "checkpoints/<the head's name in text2brain.models.MODELS>)",
         )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="fit: delete the checkpoints an earlier run left in the checkpoint folders "
+            "(without it, such a folder stops the run: resume with --ckpt_path instead)",
+        )
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         """As LightningCLI; a `--print_config` waits for `before_instantiate_classes`."""
@@ -134,13 +145,21 @@ class Text2BrainCLI(LightningCLI):
         asked = any(str(a).partition("=")[0] == "--print_config" for a in argv)
         if asked and self._print_request is None:  # never run what was only to be printed
             raise RuntimeError("this jsonargparse's --print_config cannot be held: upgrade it")
+        config = self.config.get(self.config.get("subcommand") or "") or {}
+        if config.get("ckpt_path"):  # before LightningCLI reads the file's hyper-parameters
+            check_ckpt_path(str(config.ckpt_path), config.model.class_path)
 
     def instantiate_classes(self) -> None:
         """Build the model, data and trainer; a bad value in the config is a `ConfigError`."""
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, MisconfigurationException) as err:
             raise ConfigError(str(err)) from err
+        if self.config.subcommand == "fit" and self.config.fit.get("overwrite"):
+            for path in self._earlier_checkpoints:
+                path.unlink(missing_ok=True)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config.subcommand]
@@ -154,8 +173,13 @@ class Text2BrainCLI(LightningCLI):
             raise ConfigError(str(err)) from err
         drop_logger_only_callbacks(config.trainer)
         drop_checkpoints_in_fast_dev_run(config.trainer)
-        if self.config.subcommand == "fit" and config.get("ckpt_path"):
-            continue_wandb_run(config)
+        if self.config.subcommand == "fit":
+            if config.get("ckpt_path"):
+                continue_wandb_run(config)
+            else:
+                self._earlier_checkpoints = earlier_checkpoints(config.trainer)
+            if self._earlier_checkpoints and not config.get("overwrite"):
+                raise ConfigError(folder_in_use(self._earlier_checkpoints))
 
     @staticmethod
     def _check_tokenizer(config: Any) -> None:
@@ -168,6 +192,63 @@ class Text2BrainCLI(LightningCLI):
                 f"data.tokenizer ({tokenizer!r}) differs from model.init_args.text.encoder "
                 f"({encoder!r}): set both to the same name (or pass --check_tokenizer false)"
             )
+
+
+# -- checkpoints of earlier runs ----------------------------------------------------------------
+def check_ckpt_path(path: str, class_path: str) -> None:
+    """`--ckpt_path` names a readable text2brain checkpoint of the run's head (before any work).
+
+    Lightning would restore whatever head the file holds under the run's config, or stop with a
+    traceback deep in its loading code (a truncated file, a pickle).
+    """
+    if path in ("last", "best", "hpc", "registry"):
+        return
+    from text2brain.checkpoint import CheckpointError, read_checkpoint
+    from text2brain.models import registered_name
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"--ckpt_path {path!r} is not a file")
+    try:
+        ckpt = read_checkpoint(Path(path))
+    except CheckpointError as err:
+        raise ConfigError(f"--ckpt_path: {err}") from err
+    except OSError as err:  # torch's reader of a truncated file says only "Invalid argument"
+        raise ConfigError(
+            f"--ckpt_path {path!r} cannot be read ({err.strerror or err}): a truncated or "
+            "damaged checkpoint?"
+        ) from err
+    recorded = str(ckpt["text2brain"].get("class_path") or "")
+    head = registered_name(recorded) or recorded.rpartition(".")[2]
+    run = registered_name(class_path) or class_path.rpartition(".")[2]
+    if head != run:
+        raise ConfigError(
+            f"--ckpt_path {path!r} is a checkpoint of the {head!r} head, but the run's model "
+            f"is {run!r}: give that head's config (-c) or model"
+        )
+
+
+def earlier_checkpoints(trainer: Any) -> list[Path]:
+    """The .ckpt files already in the folders of the run's ModelCheckpoint callbacks."""
+    found: list[Path] = []
+    for callback in _callbacks(trainer):
+        if _class_name(callback) != "ModelCheckpoint" or not hasattr(callback, "get"):
+            continue
+        dirpath = (callback.get("init_args") or {}).get("dirpath")
+        if dirpath and Path(dirpath).is_dir():
+            found += [p for p in sorted(Path(dirpath).glob("*.ckpt")) if p not in found]
+    return found
+
+
+def folder_in_use(checkpoints: Sequence[Path]) -> str:
+    """Why a fit into a folder of earlier checkpoints is refused, and the three ways on."""
+    folders = sorted({str(p.parent) for p in checkpoints})
+    last = next((p for p in checkpoints if p.name == "last.ckpt"), checkpoints[0])
+    names = ", ".join(p.name for p in checkpoints[:5]) + (", ..." if len(checkpoints) > 5 else "")
+    return (
+        f"checkpoint folder {', '.join(folders)} holds an earlier run's checkpoints ({names}): "
+        f"resume it with --ckpt_path {last}, replace them with --overwrite true, or choose "
+        "another --checkpoint_dir"
+    )
 
 
 # -- what a head needs from its run -------------------------------------------------------------

@@ -40,7 +40,7 @@ def test_compare_end_to_end(
         "false",
         "--trainer.callbacks",
         "[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: "
-        "{dirpath: ckpts, filename: best, monitor: val/dice_auc, mode: max}}]",
+        "{filename: best, monitor: val/dice_auc, mode: max}}]",
     ]
     tiny = tiny_init_args("neurosynth", "")
     synonyms = ["--model.init_args.synonyms", yaml.safe_dump(tiny["synonyms"]).strip()]

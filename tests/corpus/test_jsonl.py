@@ -208,3 +208,26 @@ def test_jsonl_round_trip(tmp_path: Path, space) -> None:
     assert [a.table_captions for a in again.articles] == [a.table_captions for a in corpus.articles]
     assert again.articles[-1].abstract_is_bag_of_terms
     pd.testing.assert_frame_equal(again.coordinates, corpus.coordinates)
+
+
+def test_one_deeply_nested_record_is_skipped_and_counted(
+    tmp_path: Path, space, single_warning: Callable[[pytest.WarningsRecorder], str]
+) -> None:
+    """100,000 `[` on one line used to abort the whole load with a RecursionError."""
+    path = _write_jsonl(tmp_path / "mine.jsonl")
+    with path.open("a", encoding="utf-8") as f:
+        f.write("[" * 100_000 + "\n")
+    with pytest.warns(UserWarning) as rec:
+        corpus = load_jsonl_corpus(path, space)
+    assert "1 JSON lines nested too deeply" in single_warning(rec)
+    assert len(corpus) > 0
+
+
+def test_a_folder_named_like_a_jsonl_corpus_says_so(tmp_path: Path, space) -> None:
+    from text2brain.corpus import load_corpus
+
+    folder = tmp_path / "corpus.jsonl"
+    folder.mkdir()
+    for load in (load_jsonl_corpus, load_corpus):
+        with pytest.raises(IsADirectoryError, match=r"corpus.jsonl' is a folder, not a .jsonl"):
+            load(str(folder), space)

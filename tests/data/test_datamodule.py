@@ -134,7 +134,7 @@ def test_hierarchy_batches_pair_article_maps_with_their_tables(
     assert "hierarchy_maps" not in next(iter(data.val_dataloader()))
 
 
-@pytest.mark.parametrize(("value", "error"), [(-1, ValueError), (1.5, TypeError)])
+@pytest.mark.parametrize(("value", "error"), [(-1, ValueError), (1.5, ValueError)])
 def test_hierarchy_tables_must_be_a_count(
     data_files: dict[str, str], value: Any, error: type
 ) -> None:

@@ -154,3 +154,20 @@ def test_command_line_checks(tiny_checkpoint: Path, capsys) -> None:
         with pytest.raises(SystemExit):
             main(base + extra)
         assert message in capsys.readouterr().err
+
+
+def test_a_k_above_the_studies_is_refused_before_any_file(
+    tiny_checkpoint: Path, data_files: dict[str, str], tmp_path: Path, capsys
+) -> None:
+    """-k used to be checked after the query's map was written."""
+    from text2brain.corpus.jsonl import load_jsonl_corpus
+    from text2brain.inference import load_predictor
+
+    n = len(load_jsonl_corpus(data_files["corpus"], load_predictor(tiny_checkpoint).space))
+    out = tmp_path / "out"
+    argv = ["query", "x", "--ckpt", str(tiny_checkpoint), "-o", str(out), "-k", str(n + 1)]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--meta-analysis", "mkda", "--corpus", data_files["corpus"]])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"-k {n + 1} is more than the {n} studies" in err
+    assert not out.exists()

@@ -3,6 +3,9 @@ and the heads that read it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import torch
 from model_configs import tiny_model
 from synthetic import quiet_trainer, tiny_datamodule
 
+from text2brain import outputs
 from text2brain.models import embedding_cache
 from text2brain.models.embedding_cache import (
     MAX_BATCH,
@@ -89,8 +93,59 @@ def test_an_interrupted_build_leaves_no_file(tmp_path: Path) -> None:
 def test_a_file_of_the_wrong_shape_is_rebuilt(tmp_path: Path) -> None:
     np.save(tmp_path / "k.npy", np.zeros((3, 2), np.float32))
     calls: list[list[str]] = []
-    cache = build(tmp_path, "k", ["a", "b"], calls)
+    with pytest.warns(UserWarning, match=r"holds float32 \(3, 2\), not float32 \(2, 2\)"):
+        cache = build(tmp_path, "k", ["a", "b"], calls)
     assert len(cache) == 2 and calls
+
+
+def _truncated(path: Path) -> None:
+    np.save(path, np.ones((4, 2), np.float32))
+    path.write_bytes(path.read_bytes()[:-8])
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"not a numpy file at all" * 10)
+
+
+def _nan_filled(path: Path) -> None:
+    np.save(path, np.full((4, 2), np.nan, np.float32))
+
+
+@pytest.mark.parametrize(
+    ("spoil", "problem"),
+    [
+        (_truncated, "cannot be read"),
+        (_garbage, "cannot be read"),
+        (_nan_filled, "holds NaN or infinite values"),
+    ],
+)
+def test_a_corrupt_cache_is_named_and_rebuilt(tmp_path: Path, spoil: Any, problem: str) -> None:
+    """It used to crash later: `mmap length is greater than file size`, `preds must be finite`."""
+    texts = ["bb", "a", "cccc", "ddd"]
+    spoil(tmp_path / "k.npy")
+    calls: list[list[str]] = []
+    with pytest.warns(UserWarning, match=f"embedding cache '{tmp_path / 'k.npy'}' {problem}"):
+        cache = build(tmp_path, "k", texts, calls)
+    assert sum(len(c) for c in calls) == 4
+    assert np.isfinite(np.asarray(cache.vectors)).all() and cache.vectors.shape == (4, 2)
+    spoil(tmp_path / "k.npy")
+    with pytest.warns(UserWarning, match="delete it to rebuild"):
+        assert build(tmp_path, "k", texts, calls, build=False) is None
+
+
+def test_the_temporaries_of_a_killed_build_are_removed(tmp_path: Path) -> None:
+    """A killed build left a 42 MB .tmp-*.npy in the cache that nothing removed."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid = int(dead.stdout)  # a process that has exited
+    host = outputs._host()
+    orphan = tmp_path / f".{host}-{pid}-0123abcd.tmp-k.npy"
+    orphan.write_bytes(b"x" * 100)
+    live = tmp_path / f".{host}-{os.getpid()}-0123abcd.tmp-other.npy"  # being written
+    live.write_bytes(b"x")
+    build(tmp_path, "k", ["a", "b"], [])
+    assert not orphan.exists() and live.exists()
 
 
 def test_lookup_checks_sizes() -> None:

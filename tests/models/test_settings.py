@@ -44,7 +44,7 @@ def test_as_settings_names_what_is_wrong() -> None:
         as_settings(OptimSettings, 3)
     with pytest.raises(ValueError, match="optim.schedule must be one of"):
         OptimSettings(schedule="step")
-    with pytest.raises(ValueError, match="optim.warmup_steps must be >= 0"):
+    with pytest.raises(ValueError, match="optim.warmup_steps must be a number >= 0"):
         OptimSettings(warmup_steps=-1)
     with pytest.raises(ValueError, match="text.max_length must be an int >= 1"):
         TextEncoderSettings(max_length=0)

@@ -69,7 +69,7 @@ def test_leave_one_out_selection(fit_closed_form: Callable[..., ClosedFormModule
         ({"alpha_selection": "dice"}, "alpha_selection must be one of"),
         ({"alpha_grid": []}, "alpha and alpha_grid must be > 0"),
         ({"alpha": -1.0}, "alpha and alpha_grid must be > 0"),
-        ({"rank": 0}, "rank must be a positive int"),
+        ({"rank": 0}, "rank must be an int >= 1 or null, got 0"),
         ({"target_transform": "cube"}, "target_transform 'cube' is not one of"),
         ({"sources": ["title", "discussion"]}, "sources must be some of"),
         ({"sources": []}, "sources must be some of"),
@@ -90,3 +90,15 @@ def test_the_inference_class_predicts_the_fitted_heads_maps(
     inference.load_state_dict(fitted.state_dict())
     queries = ["visual cortex", "working memory and pain"]
     torch.testing.assert_close(inference.predict_texts(queries), fitted.predict_texts(queries))
+
+
+def test_a_bad_rank_in_an_exports_config_is_named(tiny_bert: Path) -> None:
+    """model.json is outside the export's sha256 check: `rank: -5` ended in a RuntimeError."""
+    from text2brain.checkpoint import CheckpointError, build_model
+
+    hparams = {**TINY_CONFIGS["text_ridge"](str(tiny_bert)), "rank": -5}
+    ckpt = {"hyper_parameters": hparams, "text2brain": {}, "state_dict": {}}
+    with pytest.raises(
+        CheckpointError, match=r"'model.json'.*rank must be an int >= 1 or null, got -5"
+    ):
+        build_model(Path("model.json"), TextRidgeInference, ckpt)

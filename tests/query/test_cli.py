@@ -287,3 +287,28 @@ def test_query_an_export_in_a_new_process_without_corpus_or_network(
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\npain\t") == 2
     assert (tmp_path / "maps" / "000_pain.nii.gz").is_file()
+
+
+# -- reliability: limits checked before any work ------------------------------------------------
+def test_a_too_long_query_is_refused_before_the_model_loads(
+    tmp_path: Path, query_error: Callable[[list[str]], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 105 MB one-line queries file once took 11.5 GB of memory; now one line, at once."""
+    import text2brain.inference
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(text2brain.inference, "load_predictor", never)
+    queries = tmp_path / "queries.txt"
+    queries.write_text("fear\n" + "x" * 20_000 + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    err = query_error(["query", "--queries-file", str(queries), "-o", str(out)])
+    assert f"{queries} line 2 is too long: 20,000 characters, at most 1,000" in err
+    assert not out.exists()
+
+
+def test_the_python_api_refuses_a_too_long_text(tiny_predictor: Predictor) -> None:
+    with pytest.raises(ValueError, match=r"texts\[1\] \('xxx.*is too long: 1,001 characters"):
+        tiny_predictor.predict_maps(["fear", "x" * 1001])
+    assert tiny_predictor.predict_vectors(["x " * 600], max_chars=None).shape[0] == 1

@@ -38,11 +38,15 @@ def test_a_run_that_stops_leaves_whole_maps_and_their_index(
     out = tmp_path / "maps"
     queries = ["pain", "fear", "memory", "faces"]
     argv = ["query", *queries, "--ckpt", str(tiny_checkpoint), "-o", str(out)]
-    with pytest.raises(type(error) if isinstance(error, KeyboardInterrupt) else SystemExit):
+    with pytest.raises(SystemExit) as info:
         main(argv)
+    err = capsys.readouterr().err
     if isinstance(error, OSError):
-        err = capsys.readouterr().err
+        assert info.value.code == 2
         assert "cannot write" in err and "002_memory.nii.gz': No space left on device" in err
+    else:  # Ctrl-C: one line saying what was written, exit status 130 (was a traceback)
+        assert info.value.code == 130 and len(err.strip().splitlines()) == 1
+        assert err.startswith(f"text2brain query: interrupted: wrote 2 of 4 map(s) to {out}/")
     assert sorted(p.name for p in out.iterdir()) == [
         "000_pain.nii.gz",
         "001_fear.nii.gz",
@@ -92,3 +96,49 @@ def test_an_output_folder_has_one_owner(
     with pytest.raises(SystemExit):
         main([*run, "faces", "--overwrite"])
     assert "is not a text2brain query index (row 2)" in capsys.readouterr().err
+
+
+def test_a_full_disk_at_the_index_leaves_no_unlisted_map(
+    tmp_path: Path,
+    tiny_checkpoint: Path,
+    index_lines: Callable[[Path], list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The map used to stay, with an index of its header only; --append was then refused."""
+    import text2brain.query.files as files
+    from text2brain.outputs import OutputError
+
+    write_index = files._write_index
+
+    def full_disk(index: Path, rows: Any) -> None:
+        if rows:
+            raise OutputError(f"cannot write {str(index)!r}: No space left on device")
+        write_index(index, rows)
+
+    monkeypatch.setattr(files, "_write_index", full_disk)
+    out = tmp_path / "maps"
+    run = ["query", "--ckpt", str(tiny_checkpoint), "-o", str(out)]
+    with pytest.raises(SystemExit):
+        main([*run, "a one", "--png"])
+    assert "No space left on device" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["queries.tsv"]
+    monkeypatch.setattr(files, "_write_index", write_index)
+    main([*run, "a one", "--append"])
+    assert index_lines(out) == ["file\tquery", "000_a_one.nii.gz\ta one"]
+
+
+def test_overwrite_removes_the_maps_a_killed_run_left_unlisted(
+    tmp_path: Path,
+    tiny_checkpoint: Path,
+    index_lines: Callable[[Path], list[str]],
+) -> None:
+    out = tmp_path / "maps"
+    run = ["query", "--ckpt", str(tiny_checkpoint), "-o", str(out)]
+    main([*run, "pain"])
+    orphan = out / "001_fear.nii.gz"  # killed between the map and its index entry
+    orphan.write_bytes((out / "000_pain.nii.gz").read_bytes())
+    main([*run, "faces", "--append"])  # numbered after the orphan, never over it
+    assert index_lines(out)[-1] == "002_faces.nii.gz\tfaces"
+    main([*run, "memory", "--overwrite"])
+    assert sorted(p.name for p in out.iterdir()) == ["000_memory.nii.gz", "queries.tsv"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -231,7 +232,7 @@ def test_unknown_model(client: TestClient, path: str) -> None:
     assert_error(response, 404, "unknown model")
 
 
-@pytest.mark.parametrize("k", ["0", str(MAX_K + 1), "x", "-1", "2.5", ""])
+@pytest.mark.parametrize("k", ["0", str(MAX_K + 1), "x", "-1", "2.5", "", "²", "9" * 5000])
 def test_bad_k(client: TestClient, k: str) -> None:
     response = client.get("/api/related", params={"q": QUERY, "model": "clip", "k": k})
     assert_error(response, 400, "k must be a whole number")
@@ -393,3 +394,47 @@ def test_the_page_files_are_package_data() -> None:
             path.match(pattern) and len(path.parts) == len(PurePosixPath(pattern).parts)
             for pattern in patterns
         ), name
+
+
+def test_a_bad_content_length_is_a_400(client: TestClient) -> None:
+    headers = {"content-length": "9" * 5000}  # int() refuses so many digits
+    response = client.post("/api/describe", params={"model": "clip"}, headers=headers)
+    assert_error(response, 400, "bad Content-Length")
+
+
+def test_a_client_disconnect_is_logged_once_without_a_traceback(
+    served: dict[str, Predictor], caplog: pytest.LogCaptureFixture
+) -> None:
+    """20 abandoned uploads gave 41 tracebacks, some "Exception in ASGI application"."""
+    import asyncio
+
+    app = create_app({"clip": served["clip"]})
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/describe",
+        "raw_path": b"/api/describe",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/gzip")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    messages = [{"type": "http.request", "body": b"\x1f\x8b", "more_body": True}]
+    messages.append({"type": "http.disconnect"})
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        pass
+
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(app(scope, receive, send))  # raises nothing
+    disconnects = [r for r in caplog.records if "disconnect" in r.getMessage()]
+    assert len(disconnects) == 1 and disconnects[0].exc_info is None
+    assert not any(r.exc_info for r in caplog.records)

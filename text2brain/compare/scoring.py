@@ -96,7 +96,7 @@ def score_predictor(
     model = predictor.model
     with warnings.catch_warnings():  # unknown queries are counted below, not warned per batch
         warnings.filterwarnings("ignore", message=NO_KNOWN_TERM)
-        preds = predictor.predict_vectors(list(texts), batch_size=batch_size)
+        preds = predictor.predict_vectors(list(texts), batch_size=batch_size, max_chars=None)
     known_fn = getattr(model, "has_known_terms", None)
     known = np.asarray(known_fn(list(texts)) if known_fn else [True] * len(texts), dtype=bool)
     pred, target = torch.from_numpy(preds), torch.from_numpy(targets)

@@ -62,7 +62,8 @@ def load_spec(path: str | Path) -> dict[str, Any]:
 
 
 def fit_config(config: str, args: Sequence[str], data: Mapping[str, Any], workdir: Path) -> str:
-    """`text2brain fit -c config` on the comparison's data; the path of its best checkpoint."""
+    """`text2brain fit -c config` on the comparison's data, its checkpoints in `workdir`; the
+    path of its best checkpoint."""
     import yaml
 
     from text2brain.training import run_lightning_cli
@@ -70,7 +71,9 @@ def fit_config(config: str, args: Sequence[str], data: Mapping[str, Any], workdi
     workdir.mkdir(parents=True, exist_ok=True)
     data_config = workdir / "data.yaml"  # kept: says what the model was fitted on
     data_config.write_text(yaml.safe_dump({"data": dict(data)}), encoding="utf-8")
-    cli = run_lightning_cli(["fit", "-c", config, "-c", str(data_config), *args])
+    # A fit of its own folder, replaced by a rerun: its best checkpoint is scored at once.
+    own = ["--checkpoint_dir", str(workdir / "checkpoints"), "--overwrite", "true"]
+    cli = run_lightning_cli(["fit", "-c", config, "-c", str(data_config), *own, *args])
     callback = cli.trainer.checkpoint_callback
     best = getattr(callback, "best_model_path", "") if callback else ""
     if not best or not Path(best).is_file():

@@ -22,7 +22,7 @@ def load_corpus(spec: str, space: BrainSpace, data_dir: str | None = None) -> Co
     if spec == "neuroquery":
         return load_neuroquery(data_dir, space)
     path = Path(spec).expanduser()
-    if path.is_file() and path.suffix in (".jsonl", ".json"):
+    if path.suffix in (".jsonl", ".json") and path.exists():  # a folder so named is refused
         from text2brain.corpus.jsonl import load_jsonl_corpus
 
         return load_jsonl_corpus(path, space)

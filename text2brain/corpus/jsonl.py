@@ -70,6 +70,11 @@ def load_jsonl_corpus(path: str | PathLike, space: BrainSpace, name: str | None 
     JSON object. Bad records are skipped and counted; `name` defaults to the file's stem.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"JSONL corpus {str(path)!r} is a folder, not a .jsonl file (a pubget corpus is a "
+            "folder of its extracted CSV files)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"JSONL corpus {str(path)!r} does not exist")
     name = name if name is not None else path.stem
@@ -95,6 +100,10 @@ def load_jsonl_corpus(path: str | PathLike, space: BrainSpace, name: str | None 
             except json.JSONDecodeError as err:
                 first_error = first_error or f"line {line_number}: {err}"
                 report.add("malformed JSON lines", 1)
+                continue
+            except RecursionError:  # one record nested thousands deep must not stop the load
+                first_error = first_error or f"line {line_number}: nested too deeply"
+                report.add("JSON lines nested too deeply", 1)
                 continue
             if not isinstance(record, dict):
                 first_error = first_error or f"line {line_number}: not a JSON object"

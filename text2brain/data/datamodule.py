@@ -29,8 +29,9 @@ from text2brain.corpus import Corpus, load_corpus
 from text2brain.data.hierarchy import HierarchySample, sample_hierarchy
 from text2brain.data.sampling import Pair, TextSampler
 from text2brain.data.split import Split, SplitRule, load_or_make_split, shipped_neuroquery_split
-from text2brain.outputs import atomic_output
+from text2brain.outputs import atomic_output, remove_stale_temporaries
 from text2brain.paths import cache_dir
+from text2brain.validation import check_number
 
 #: The article texts a closed-form fit can pair with the article's map (`article_texts`): its
 #: title, its keywords joined in one text, its abstract.
@@ -268,10 +269,19 @@ class TextMapDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if isinstance(hierarchy_tables, bool) or not isinstance(hierarchy_tables, int):
-            raise TypeError(f"hierarchy_tables must be an int, got {hierarchy_tables!r}")
-        if hierarchy_tables < 0:
-            raise ValueError(f"hierarchy_tables must be >= 0, got {hierarchy_tables}")
+        check_number(n_test, "data.n_test", 1, integer=True)
+        check_number(n_val, "data.n_val", 1, integer=True)
+        check_number(split_seed, "data.split_seed", 0, integer=True)
+        check_number(keyword_max_df, "data.keyword_max_df", 0, 1, low_open=True)
+        check_number(
+            max_exclusions_per_test_article, "data.max_exclusions_per_test_article", 0, integer=True
+        )
+        check_number(fwhm, "data.fwhm", 0, low_open=True)
+        check_number(max_length, "data.max_length", 1, integer=True)
+        check_number(batch_size, "data.batch_size", 1, integer=True)
+        check_number(eval_batch_size, "data.eval_batch_size", 1, integer=True, optional=True)
+        check_number(num_workers, "data.num_workers", 0, integer=True)
+        check_number(hierarchy_tables, "data.hierarchy_tables", 0, integer=True)
         self.rule = SplitRule(
             n_test=n_test,
             n_val=n_val,
@@ -282,8 +292,6 @@ class TextMapDataModule(L.LightningDataModule):
         self.sampler = TextSampler(
             table_probability, article_sources, max_discussion_sentences, caption_fallback
         )
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError("batch sizes must be >= 1")
         self.corpus: Corpus | None = None
         self.split: Split | None = None
         self.space: BrainSpace | None = None
@@ -517,6 +525,7 @@ class TextMapDataModule(L.LightningDataModule):
             json.dumps([self.fingerprint, self.hparams.fwhm, self.space.to_dict()]).encode()
         ).hexdigest()[:16]
         path = cache_dir() / "maps" / f"{self.corpus.name}-{key}.npy"
+        remove_stale_temporaries(path.parent)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             maps = self.renderer(

@@ -186,6 +186,22 @@ def meta_analysis(
     )
 
 
+def studies_available(predictor: PredictorLike, corpus: Corpus | None = None) -> int | None:
+    """How many studies `meta_analysis` can retrieve for this predictor and corpus (the most
+    `k` may be), found without retrieving anything; None when it cannot tell cheaply.
+
+    So that a command checks `k` before it writes any file.
+    """
+    if hasattr(predictor.model, "related_articles"):
+        bank = getattr(predictor.model, "bank", None)
+        return len(bank) if bank is not None else None
+    if corpus is not None:
+        return len(corpus.ids)
+    from text2brain.data.split import Split, shipped_neuroquery_split
+
+    return len(Split.load(shipped_neuroquery_split()).ids("train"))
+
+
 def _neuroquery(data_dir: str | None, space: BrainSpace) -> Corpus:
     from text2brain.corpus import load_neuroquery
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -28,9 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from text2brain.outputs import atomic_output, write_text
-
-log = logging.getLogger(__name__)
+from text2brain.outputs import atomic_output, remove_stale_temporaries, write_text
 
 #: Most tokens in one encoding batch (texts sorted by length: many short ones, few long ones).
 TOKENS_PER_BATCH = 16_384
@@ -155,6 +152,21 @@ def encode_texts(
         warnings.warn(messages[0] + (suffix if len(messages) > 1 else ""), category, stacklevel=2)
 
 
+def cache_problem(path: Path, shape: tuple[int, int], chunk: int = 65_536) -> str | None:
+    """What is wrong with a cache file (the words for a message), or None when it is sound:
+    readable as .npy, float32, of `shape`, every value finite (read in chunks)."""
+    try:
+        vectors = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as err:
+        return f"cannot be read ({' '.join(str(err).split())[:120]})"
+    if vectors.dtype != np.float32 or vectors.shape != shape:
+        return f"holds {vectors.dtype} {vectors.shape}, not float32 {shape}"
+    for start in range(0, len(vectors), chunk):
+        if not np.isfinite(vectors[start : start + chunk]).all():
+            return "holds NaN or infinite values"
+    return None
+
+
 def open_or_build(
     directory: Path,
     key: str,
@@ -169,19 +181,19 @@ def open_or_build(
     """The cache file `directory/<key>.npy`, built first when missing (unless `build` is False).
 
     Written through `atomic_output`, so an interrupted build never leaves a file that a later
-    run would trust; a JSON beside it says what the vectors are (for people, not read).
+    run would trust (the temporaries of a killed build are removed here); a JSON beside it
+    says what the vectors are (for people, not read). A file that fails `cache_problem` (cut
+    short, not float32, another shape, NaN) is named in a warning and rebuilt: it would
+    otherwise fail much later with an error pointing elsewhere.
     """
     path = Path(directory) / f"{key}.npy"
+    remove_stale_temporaries(directory)
     if path.is_file():
-        vectors = np.load(path, mmap_mode="r")
-        if vectors.shape == (len(texts), dim):
-            return EmbeddingCache(texts, vectors, path)
-        log.warning(
-            "embedding cache %s has shape %s, not %s: rebuilding",
-            path,
-            vectors.shape,
-            (len(texts), dim),
-        )
+        problem = cache_problem(path, (len(texts), dim))
+        if problem is None:
+            return EmbeddingCache(texts, np.load(path, mmap_mode="r"), path)
+        what = "rebuilding it" if build else "encoding the texts live (delete it to rebuild)"
+        warnings.warn(f"embedding cache {str(path)!r} {problem}: {what}", stacklevel=2)
     if not build:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from text2brain.tokens import DEFAULT_ENCODER
+from text2brain.validation import check_number
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -139,6 +140,9 @@ class TextTowerSettings:
         _require_int(self.width, "text_tower.width", 1)
         _require_int(self.blocks, "text_tower.blocks", 0)
 
+    def __post_init__(self) -> None:
+        check_number(self.dropout, "brain.dropout", 0, 1, high_open=True)
+
 
 @dataclass(frozen=True)
 class DecoderSettings:
@@ -166,6 +170,10 @@ class DecoderSettings:
     output_offset: tuple[int, ...] = (3, 3, 0)
     output_norm_act: bool = False
 
+    def __post_init__(self) -> None:
+        check_number(self.dropout, "decoder.dropout", 0, 1, high_open=True)
+        check_number(self.seed_channels, "decoder.seed_channels", 1, integer=True)
+
 
 @dataclass(frozen=True)
 class OptimSettings:
@@ -188,8 +196,10 @@ class OptimSettings:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not self.warmup_steps >= 0:
-            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        check_number(self.encoder_lr, "optim.encoder_lr", 0)
+        check_number(self.lr, "optim.lr", 0, low_open=True)
+        check_number(self.weight_decay, "optim.weight_decay", 0)
+        check_number(self.warmup_steps, "optim.warmup_steps", 0)
 
 
 Settings = TypeVar("Settings")

@@ -14,6 +14,7 @@ from text2brain.errors import add_debug_option
 from text2brain.query.files import INDEX_FILE, FolderInUse, plan_outputs, write_query_maps
 from text2brain.query.texts import check_queries, read_queries
 from text2brain.releases import UnknownReleaseError, describe_releases, resolve_release
+from text2brain.text import too_long as too_long_text
 
 #: `--meta-analysis` choices (text2brain.interop.nimare.ESTIMATORS, not imported at start).
 ESTIMATOR_CHOICES = ("ale", "mkda")
@@ -184,6 +185,14 @@ def query(argv: list[str] | None = None) -> None:
             print(f"skipped {blank} blank line(s) in {source}", file=sys.stderr)
         queries += [text for _, text in from_file]
         labels += [f"{source} line {n}" for n, _ in from_file]
+    too_long = [
+        f"{label} {why}"
+        for label, q in zip(labels, queries, strict=True)
+        if (why := too_long_text(q))
+    ]
+    if too_long:
+        more = f" (and {len(too_long) - 3} more)" if len(too_long) > 3 else ""
+        _fail(f"{'; '.join(too_long[:3])}{more}; shorten the queries, nothing was written")
     if not queries and not args.describe:
         _fail(
             "no query given: pass queries as arguments or with --queries-file (or maps to "
@@ -235,6 +244,9 @@ def query(argv: list[str] | None = None) -> None:
     predictor = load_predictor(model, device=args.device, precision=args.precision)
     for line in check_queries(predictor, queries, labels, args.strict):  # all at once
         print(f"text2brain query: warning: {line}", file=sys.stderr)
+    corpus = None
+    if args.meta_analysis is not None:  # every option checked before any file is written
+        corpus = _check_meta_k(predictor, args)
     with warnings.catch_warnings():  # the lines above said it, naming files and lines
         warnings.simplefilter("ignore", UnknownTokensWarning)
         if out_dir is not None and queries:
@@ -255,7 +267,7 @@ def query(argv: list[str] | None = None) -> None:
                     for p in written
                     if p.suffixes[-2:] == [".nii", ".gz"]
                 ]
-                _meta_analyses(predictor, queries, stems, out_dir, args)
+                _meta_analyses(predictor, queries, stems, out_dir, args, corpus)
         if args.related and queries:
             found = [(q, predictor.related_articles(q, args.top or LISTED)) for q in queries]
             print_articles(found, "query")
@@ -264,17 +276,37 @@ def query(argv: list[str] | None = None) -> None:
         print_articles(found, "map")
 
 
-def _meta_analyses(
-    predictor: Any, queries: list[str], stems: list[str], out_dir: Path, args: argparse.Namespace
-) -> None:
-    """--meta-analysis: each query's studies meta-analysed, its files written beside its map."""
-    from text2brain.interop.meta import write_meta_analysis
+def _check_meta_k(predictor: Any, args: argparse.Namespace) -> Any:
+    """--meta-analysis's -k against the studies there are to retrieve (it used to fail after
+    the maps were written); the --corpus, loaded here once, or None."""
+    from text2brain.interop.meta import studies_available
 
     corpus = None
     if args.corpus is not None:
         from text2brain.corpus import load_corpus
 
         corpus = load_corpus(args.corpus, predictor.space)
+    k = args.top or META_STUDIES
+    available = studies_available(predictor, corpus)
+    if available is not None and k > available:
+        _fail(
+            f"-k {k} is more than the {available:,} studies there are to meta-analyse; ask "
+            f"for at most {available}, nothing was written"
+        )
+    return corpus
+
+
+def _meta_analyses(
+    predictor: Any,
+    queries: list[str],
+    stems: list[str],
+    out_dir: Path,
+    args: argparse.Namespace,
+    corpus: Any,
+) -> None:
+    """--meta-analysis: each query's studies meta-analysed, its files written beside its map."""
+    from text2brain.interop.meta import write_meta_analysis
+
     for query, stem in zip(queries, stems, strict=True):
         result = predictor.meta_analysis(
             query,

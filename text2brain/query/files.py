@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import re
@@ -9,9 +10,10 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from text2brain.outputs import atomic_output
+from text2brain.errors import Interrupted
+from text2brain.outputs import atomic_output, remove_stale_temporaries
 from text2brain.query.pictures import write_html, write_png
 from text2brain.query.texts import check_queries, file_stems
 
@@ -94,7 +96,9 @@ def plan_outputs(
     if previous is not None and existing == "refuse":
         raise FolderInUse(out_dir)
     previous = previous or []
-    numbers = [int(_MAP_NAME.fullmatch(name)[1]) for name, _ in previous]
+    # Maps a killed run left outside the index count too, so an appended map never meets one.
+    names = [name for name, _ in previous] + [f"{stem}.nii.gz" for stem in unlisted_maps(out_dir)]
+    numbers = [int(_MAP_NAME.fullmatch(name)[1]) for name in names]
     first = 0 if existing == "overwrite" else 1 + max(numbers, default=-1)
     stems = file_stems(queries, first)
     if existing != "overwrite":
@@ -102,6 +106,32 @@ def plan_outputs(
         if taken is not None:
             raise FolderInUse(out_dir, taken)
     return previous, stems
+
+
+def unlisted_maps(out_dir: Path) -> list[str]:
+    """Stems of the maps in a folder with an index that the index does not list: what a run
+    killed between writing a map and its index entry leaves."""
+    listed = read_index(out_dir)
+    if listed is None:
+        return []
+    names = {name for name, _ in listed}
+    return sorted(
+        path.name.removesuffix(".nii.gz")
+        for path in out_dir.glob("*.nii.gz")
+        if _MAP_NAME.fullmatch(path.name) and path.name not in names
+    )
+
+
+def _remove_run_files(out_dir: Path, stems: Sequence[str]) -> None:
+    """Delete each stem's map, pictures and --meta-analysis files."""
+    from text2brain.interop.meta import META_FILE
+
+    for stem in stems:
+        for suffix in (".nii.gz", ".png", ".html"):
+            (out_dir / f"{stem}{suffix}").unlink(missing_ok=True)
+        for meta in out_dir.glob(f"{glob.escape(stem)}_*"):
+            if META_FILE.fullmatch(meta.name.removeprefix(stem)):
+                meta.unlink()
 
 
 def write_query_maps(
@@ -119,37 +149,32 @@ def write_query_maps(
 
     Queries are predicted batch by batch and written as they come, so memory stays at one
     batch of maps whatever the number of queries. `progress` None: a bar from 11 queries on.
-    The index (queries.tsv) is rewritten after every map, so it lists exactly the maps in the
-    folder even when the run stops half-way.
+    The index (queries.tsv) is rewritten after every map, and a map whose entry could not be
+    written is removed again, so it lists exactly the maps in the folder even when the run
+    stops half-way (a full disk, Ctrl-C).
 
     A folder holding a previous run's index is one run's output: `existing` "refuse" (default)
-    raises FileExistsError, "overwrite" first deletes the files that index lists, "append"
-    keeps them and numbers the new maps after theirs.
+    raises FileExistsError, "overwrite" first deletes the files that index lists (and the maps
+    a killed run left unlisted), "append" keeps them and numbers the new maps after theirs.
 
     Every query is checked before any map is written (`check_queries`: ValueError listing
     them all); queries of mostly unknown tokens get one `UnknownTokensWarning`, or fail the
     check under `strict`.
     """
     from text2brain.inference import UnknownTokensWarning
-    from text2brain.text import check_texts
+    from text2brain.text import MAX_QUERY_CHARS, check_texts
 
-    queries = check_texts(queries)
+    queries = check_texts(queries, max_chars=MAX_QUERY_CHARS)
     out_dir = Path(out_dir)
     previous, stems = plan_outputs(out_dir, queries, existing)
     unknown = check_queries(predictor, queries, strict=strict)
     if unknown:
         warnings.warn("; ".join(unknown), UnknownTokensWarning, stacklevel=2)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if existing == "overwrite":
-        from text2brain.interop.meta import META_FILE
-
-        for name, _ in previous:
-            stem = name.removesuffix(".nii.gz")
-            for suffix in (".nii.gz", ".png", ".html"):
-                (out_dir / f"{stem}{suffix}").unlink(missing_ok=True)
-            for meta in out_dir.glob(f"{glob.escape(stem)}_*"):  # --meta-analysis files
-                if META_FILE.fullmatch(meta.name.removeprefix(stem)):
-                    meta.unlink()
+    remove_stale_temporaries(out_dir)
+    if existing == "overwrite":  # the listed maps and those a killed run left unlisted
+        earlier = [name.removesuffix(".nii.gz") for name, _ in previous]
+        _remove_run_files(out_dir, earlier + unlisted_maps(out_dir))
         previous = []
     rows = list(previous)
     index = out_dir / INDEX_FILE
@@ -170,21 +195,50 @@ def write_query_maps(
                 )
                 raise ValueError(shifted) from err
             for query, stem, image in zip(batch, stems[start:], images, strict=False):
-                path = out_dir / f"{stem}.nii.gz"
-                with atomic_output(path) as tmp:
-                    image.to_filename(tmp)
-                written.append(path)
-                rows.append((path.name, query))
-                _write_index(index, rows)
-                if png:
-                    written.append(write_png(image, query, out_dir / f"{stem}.png"))
-                if html:
-                    written.append(write_html(image, query, out_dir / f"{stem}.html"))
+                written += _write_one(out_dir, stem, query, image, png, html, rows)
                 bar(1)
+    except KeyboardInterrupt as err:  # what was written, in one line (text2brain.errors)
+        raise Interrupted(
+            f"wrote {len(rows) - len(previous)} of {len(queries)} map(s) to {out_dir}/, each "
+            f"whole and listed in {index}; add the rest with --append"
+        ) from err
     finally:
         bar(0, close=True)
     written.append(index)
     return written
+
+
+def _write_one(
+    out_dir: Path,
+    stem: str,
+    query: str,
+    image: Any,
+    png: bool,
+    html: bool,
+    rows: list[tuple[str, str]],
+) -> list[Path]:
+    """A query's map (and pictures) and its index entry, as one unit: when any step fails
+    (a full disk, Ctrl-C) before the index lists the map, its files are removed again, so the
+    folder holds exactly the maps its index lists. Appends the entry to `rows`."""
+    path = out_dir / f"{stem}.nii.gz"
+    files = [path]
+    indexed = False
+    try:
+        with atomic_output(path) as tmp:
+            image.to_filename(tmp)
+        if png:
+            files.append(write_png(image, query, out_dir / f"{stem}.png"))
+        if html:
+            files.append(write_html(image, query, out_dir / f"{stem}.html"))
+        _write_index(out_dir / INDEX_FILE, [*rows, (path.name, query)])
+        indexed = True
+    finally:
+        if not indexed:
+            for file in files:
+                with contextlib.suppress(OSError):
+                    file.unlink(missing_ok=True)
+    rows.append((path.name, query))
+    return files
 
 
 def _write_index(index: Path, rows: Sequence[tuple[str, str]]) -> None:

@@ -40,7 +40,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -55,6 +55,7 @@ from text2brain.serve.uploads import (
     RequestError,
     check_k,
     check_query,
+    parse_count,
     read_nifti,
     upload_too_large,
 )
@@ -308,10 +309,11 @@ class Endpoints:
         length = request.headers.get("content-length", "")
         multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
         if length:
-            if not length.isdigit():
+            size = parse_count(length)
+            if size is None:
                 raise RequestError(400, f"bad Content-Length {length[:20]!r}")
-            if int(length) > limit + FORM_OVERHEAD * multipart:
-                raise RequestError(413, upload_too_large(int(length), limit))
+            if size > limit + FORM_OVERHEAD * multipart:
+                raise RequestError(413, upload_too_large(size, limit))
         elif multipart:
             raise RequestError(411, "send the upload with a Content-Length header")
         if not multipart:
@@ -373,6 +375,16 @@ async def http_error(request: Request, err: Exception) -> Response:
     return error_response(err.status_code, str(err.detail))
 
 
+async def client_disconnect(request: Request, err: Exception) -> Response:
+    """A client that went away mid-request (an abandoned upload): one line, no traceback.
+
+    It is no failure of the server; as the generic handler's, it was logged twice with a
+    traceback (Starlette re-raises what that handler saw, and the server logs it again).
+    """
+    logger.info("%s %s: the client disconnected", request.method, request.url.path)
+    return Response(status_code=400)  # nobody reads it
+
+
 async def server_error(request: Request, err: Exception) -> Response:
     """The last resort: logged with its traceback, answered without it."""
     logger.error("%s %s failed", request.method, request.url.path, exc_info=err)
@@ -422,7 +434,12 @@ def create_app(
         Route("/api/describe", api.describe, methods=["POST"]),
         Route("/api/template", api.template),
     ]
-    handlers = {RequestError: request_error, HTTPException: http_error, Exception: server_error}
+    handlers = {
+        RequestError: request_error,
+        HTTPException: http_error,
+        ClientDisconnect: client_disconnect,
+        Exception: server_error,
+    }
     app = Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
     app.add_middleware(SecurityHeaders)
     app.state.models = models

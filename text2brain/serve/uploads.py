@@ -14,10 +14,8 @@ import nibabel as nib
 import numpy as np
 
 from text2brain.brain import BrainSpace
-from text2brain.text import quoted
+from text2brain.text import MAX_QUERY_CHARS, quoted
 
-#: Longest query, in characters (the MiniLM encoder reads at most 256 tokens anyway).
-MAX_QUERY_CHARS = 1000
 #: Largest upload, in bytes (a float32 map on NeuroQuery's 4 mm grid is 0.5 MB uncompressed).
 MAX_UPLOAD_BYTES = 16 * 2**20
 #: Largest NIfTI once a gzip upload is decompressed (a small bomb stays small).
@@ -65,12 +63,27 @@ def check_query(values: list[str], max_chars: int = MAX_QUERY_CHARS) -> str:
 
 
 def check_k(values: list[str], default: int = 10, most: int = MAX_K) -> int:
-    """The ``k`` parameter (how many articles): a whole number from 1 to `most`."""
+    """The ``k`` parameter (how many articles): a whole number from 1 to `most`.
+
+    ASCII digits only, and few of them: `str.isdigit` also accepts "²", which `int` refuses,
+    and `int` of thousands of digits is refused by Python itself (both were HTTP 500s).
+    """
     if not values:
         return default
-    if len(values) > 1 or not values[0].strip().isdigit() or not 1 <= int(values[0]) <= most:
-        raise RequestError(400, f"k must be a whole number from 1 to {most}, got {values!r}")
-    return int(values[0])
+    number = parse_count(values[0]) if len(values) == 1 else None
+    if number is None or not 1 <= number <= most:
+        shown = [value[:20] for value in values[:3]]
+        raise RequestError(400, f"k must be a whole number from 1 to {most}, got {shown!r}")
+    return number
+
+
+def parse_count(text: str, digits: int = 18) -> int | None:
+    """A whole number written in at most `digits` ASCII digits (spaces around allowed), else
+    None."""
+    text = text.strip()
+    if not (0 < len(text) <= digits and text.isascii() and text.isdigit()):
+        return None
+    return int(text)
 
 
 def read_nifti(

@@ -32,7 +32,7 @@ from text2brain.models.closed_form import ClosedFormModule
 from text2brain.models.settings import TextEncoderSettings
 from text2brain.models.targets import parse_transform, scaled_targets
 from text2brain.models.text_head import TextEncoderHead
-from text2brain.models.text_ridge.torch_model import TextRidgeMaths
+from text2brain.models.text_ridge.torch_model import TextRidgeMaths, checked_rank
 from text2brain.text import check_texts
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,8 @@ class TextRidge(TextRidgeMaths, TextEncoderHead, ClosedFormModule):
         alphas = [alpha] if alpha is not None else list(alpha_grid)
         if not alphas or not all(a is not None and a > 0 for a in alphas):
             raise ValueError(f"alpha and alpha_grid must be > 0, got {alphas}")
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-            raise ValueError(f"rank must be a positive int or null, got {rank!r}")
         self.sources = tuple(sources)
-        self.rank = rank
+        self.rank = checked_rank(rank)
         self.target_transform = target_transform
         self.alphas = alphas
 

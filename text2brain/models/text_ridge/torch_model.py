@@ -19,6 +19,14 @@ from text2brain.models.head import TRAINING_HPARAMS, BrainMapHead
 from text2brain.models.readout import RidgeReadout
 from text2brain.models.settings import TextEncoderSettings, as_settings
 from text2brain.text import check_texts
+from text2brain.validation import check_number
+
+
+def checked_rank(rank: int | None) -> int | None:
+    """The readout's rank, checked where either class is built: an export's model.json is
+    outside its sha256 check, and a bad rank failed deep in torch (a RuntimeError)."""
+    check_number(rank, "rank", 1, integer=True, optional=True)
+    return rank
 
 
 class TextRidgeMaths(RidgeReadout):
@@ -53,7 +61,7 @@ class TextRidgeInference(TextRidgeMaths, BrainMapHead):
                  rank: int | None = 32) -> None:  # fmt: skip
         super().__init__()
         self.text_settings = as_settings(TextEncoderSettings, text)
-        self.rank = rank
+        self.rank = checked_rank(rank)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         encoder = self.net.text_encoder
