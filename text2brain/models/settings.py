@@ -108,8 +108,7 @@ class BrainEncoderSettings:
     def __post_init__(self) -> None:
         if self.kind not in BRAIN_ENCODERS:
             raise ValueError(f"brain.kind must be one of {BRAIN_ENCODERS}, got {self.kind!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"brain.dropout must be in [0, 1), got {self.dropout}")
+        check_number(self.dropout, "brain.dropout", 0, 1, high_open=True)
         _require_int(self.components, "brain.components", 1)
         _require_int(self.width, "brain.width", 1)
         _require_int(self.blocks, "brain.blocks", 0)
@@ -135,13 +134,9 @@ class TextTowerSettings:
     def __post_init__(self) -> None:
         if self.kind not in TEXT_TOWERS:
             raise ValueError(f"text_tower.kind must be one of {TEXT_TOWERS}, got {self.kind!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"text_tower.dropout must be in [0, 1), got {self.dropout}")
+        check_number(self.dropout, "text_tower.dropout", 0, 1, high_open=True)
         _require_int(self.width, "text_tower.width", 1)
         _require_int(self.blocks, "text_tower.blocks", 0)
-
-    def __post_init__(self) -> None:
-        check_number(self.dropout, "brain.dropout", 0, 1, high_open=True)
 
 
 @dataclass(frozen=True)
