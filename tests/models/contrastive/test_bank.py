@@ -14,10 +14,12 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from model_configs import tiny_model
 from synthetic import QUERIES, small_space, tiny_datamodule
 
+from text2brain import lorentz
 from text2brain.brain import BrainSpace, render_article_maps
 from text2brain.export import export_checkpoint
 from text2brain.inference import load_predictor
@@ -27,7 +29,7 @@ from text2brain.models.contrastive.retrieval import (
     RetrievalBank,
     compact_embeddings,
 )
-from text2brain.models.targets import scale_maps
+from text2brain.models.targets import scale_maps, scaled_targets
 
 HEADS = ("clip", "mnm")
 
@@ -65,6 +67,43 @@ def test_maps_are_weighted_averages_of_the_corpus_maps(
     predicted = model.predict_texts(QUERIES)
     torch.testing.assert_close(predicted, expected, atol=1e-5, rtol=1e-4)
     assert predicted.max() <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("space", ["geodesic", "direction"])
+def test_retrieval_space_and_transform_change_the_neighbours_and_their_maps(
+    contrastive_runs: dict[str, dict[str, Any]], space: str
+) -> None:
+    model, data = contrastive_runs["mnm"]["model"], contrastive_runs["mnm"]["data"]
+    bank = model.bank
+    _, maps = data.article_maps("train")
+    corpus_maps = scaled_targets(torch.from_numpy(np.array(maps)), "power:0.1")
+    try:
+        model.retrieval_space, model.retrieval_transform = space, "power:0.1"
+        with torch.no_grad():
+            text = model.embed_text({"text": QUERIES})
+            points = bank.embeddings.float()
+            if space == "geodesic":
+                distance = lorentz.pairwise_dist(text, points, model.net.geometry.curvature())
+            else:
+                distance = 1 - F.normalize(text, dim=-1) @ F.normalize(points, dim=-1).T
+            nearest, indices = distance.topk(model.hparams.retrieval_k, largest=False)
+            weights = torch.softmax(-nearest * model.net.geometry.logit_scale(), dim=1)
+            expected = torch.einsum("nk,nkv->nv", weights, corpus_maps[indices])
+        torch.testing.assert_close(model.predict_texts(QUERIES), expected, atol=1e-5, rtol=1e-4)
+        # Targets are scored on the maps' scale.
+        target = torch.from_numpy(np.array(maps[:2]))
+        torch.testing.assert_close(
+            model.normalise_target(target), scaled_targets(target, "power:0.1")
+        )
+    finally:
+        model.retrieval_space, model.retrieval_transform = "logits", "none"
+
+
+def test_bad_retrieval_settings_are_refused(tiny_bert: Path) -> None:
+    with pytest.raises(ValueError, match="retrieval_space must be one of"):
+        tiny_model("mnm", tiny_bert, retrieval_space="euclid")
+    with pytest.raises(ValueError, match="is not one of"):
+        tiny_model("clip", tiny_bert, retrieval_transform="cube")
 
 
 def test_bank_rebuilds_neuroquery_article_maps(neuroquery_dir: Path) -> None:
