@@ -47,7 +47,7 @@ from text2brain.data import TextMapDataModule
 from text2brain.inference import load_predictor
 from text2brain.metrics import dice_auc_from_curve, dice_curve
 from text2brain.models.contrastive.features import map_breadth
-from text2brain.models.contrastive.retrieval import retrieval_weights
+from text2brain.models.contrastive.retrieval import retrieval_weights, weighted_maps
 from text2brain.models.targets import scaled_targets
 
 KS = (1, 10, 100)
@@ -215,7 +215,7 @@ def grid_maps(args: argparse.Namespace, data: TextMapDataModule) -> None:
                 distance = model.retrieval_distance(text, bank.embeddings.float())
                 for k, temperature in itertools.product(args.k, [*args.temperature, learned]):
                     indices, weights = retrieval_weights(distance, k, temperature)
-                    pred = torch.einsum("nk,nkv->nv", weights, bank_maps[indices])
+                    pred = weighted_maps(bank_maps, indices, weights)
                     curve = torch.cat(
                         [
                             dice_curve(pred[s : s + CHUNK], target[s : s + CHUNK])
@@ -237,10 +237,10 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], type=lambda s: s.split("=", 1))
     parser.add_argument("--predictor", action="append", default=[], type=lambda s: s.split("=", 1))
     parser.add_argument("--member", action="append", default=[], type=lambda s: s.split("=", 1))
-    parser.add_argument("--spaces", nargs="+", default=["logits", "geodesic", "direction"])
-    parser.add_argument("--transforms", nargs="+", default=["none", "power:0.1"])
-    parser.add_argument("--k", nargs="+", type=int, default=[20, 100, 400])
-    parser.add_argument("--temperature", nargs="+", type=float, default=[0.02, 0.1])
+    parser.add_argument("--spaces", nargs="+", default=["logits", "direction"])
+    parser.add_argument("--transforms", nargs="+", default=["power:0.1"])
+    parser.add_argument("--k", nargs="+", type=int, default=[100, 200, 400])
+    parser.add_argument("--temperature", nargs="+", type=float, default=[0.05, 0.1, 0.2])
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -22,6 +22,7 @@ the per-query hits it averages (what `text2brain compare` puts confidence interv
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -366,12 +367,24 @@ def retrieval_weights(
 def weighted_maps(maps: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
     """``sum_j weights[i, j] maps[indices[i, j]]``: (N, V) bank, (n, k) -> (n, V) float32.
 
-    Only the n x k rows needed are gathered (on the bank's device) and moved to `weights`'s.
-    In fp32 even under autocast: bf16 sums would leave ties among the voxels that Dice ranks.
+    A sparse (n, N) weight matrix times the bank (on the bank's device, then moved to
+    `weights`'s): n k V multiply-adds without the (n, k, V) gather of the rows, which at 256
+    queries x 200 neighbours x 28,542 voxels is 5.8 GB and 8x slower on a CPU. In fp32 even
+    under autocast: bf16 sums would leave ties among the voxels that Dice ranks.
     """
-    rows = maps[indices.to(maps.device)].to(weights.device, torch.float32)
-    with torch.autocast(weights.device.type, enabled=False):
-        return torch.einsum("nk,nkv->nv", weights.float(), rows)
+    n, k = indices.shape
+    if n * k == 0:
+        return torch.zeros(n, maps.shape[1], device=weights.device)
+    rows = torch.arange(n, device=maps.device).repeat_interleave(k)
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = torch.sparse_coo_tensor(
+            torch.stack([rows, indices.to(maps.device).flatten()]),
+            weights.detach().to(maps.device, torch.float32).flatten(),
+            (n, maps.shape[0]),
+        ).to_sparse_csr()
+        with torch.autocast(maps.device.type, enabled=False):
+            return (matrix @ maps.float()).to(weights.device)
 
 
 # -- recall ------------------------------------------------------------------------------------
