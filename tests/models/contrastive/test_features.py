@@ -222,3 +222,12 @@ def test_feature_sources_need_a_basis_tower_and_a_frozen_encoder(tiny_bert: Path
 
     with pytest.raises(ValueError, match="needs a frozen text encoder"):
         model.set_space(small_space())
+
+
+def test_an_unfitted_basis_is_refused_before_evaluation(
+    data_files: dict[str, str], tiny_bert: Path, tmp_path: Path
+) -> None:
+    model = tiny_model("mnm", tiny_bert, **FEATURES)
+    data = tiny_datamodule(data_files, tiny_bert, hierarchy_tables=2)
+    with pytest.raises(ValueError, match="map basis is not fitted: train the head first"):
+        quiet_trainer(tmp_path).validate(model, datamodule=data, verbose=False)

@@ -275,6 +275,28 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
             self.attach_embedding_cache(build=True)
             self.feature_tables = self.build_feature_tables(datamodule)
 
+    def on_validation_start(self) -> None:
+        self.require_fitted_basis()
+        super().on_validation_start()
+
+    def on_test_start(self) -> None:
+        self.require_fitted_basis()
+        super().on_test_start()
+
+    def on_predict_start(self) -> None:
+        self.require_fitted_basis()
+        super().on_predict_start()
+
+    def require_fitted_basis(self) -> None:
+        """A "basis" brain tower embeds maps only once its basis is fitted (by `fit`, or from
+        a checkpoint): refuse, rather than embed every map at the same point."""
+        basis = self.net.basis if self.net is not None else None
+        if basis is not None and not basis.fitted:
+            raise ValueError(
+                f"{type(self).__name__}'s map basis is not fitted: train the head first "
+                "(text2brain fit) or pass --ckpt_path with a checkpoint of it"
+            )
+
     @torch.no_grad()
     def build_feature_tables(self, datamodule: Any) -> FeatureTables:
         """The training articles' cached features (text2brain.models.contrastive.features):
