@@ -81,7 +81,11 @@ def test_shipped_configs_parse(
     printed = shipped_config(name)
     assert printed["model"]["class_path"] == MODELS[name]
     assert printed["model"]["init_args"]["text"]["encoder"] == printed["data"]["tokenizer"]
-    assert printed["data"]["batch_size"] == 128
+    # MNM's official scale: cached features, batch 4096, 200 epochs.
+    assert printed["data"]["batch_size"] == 4096
+    assert printed["trainer"]["max_epochs"] == 200
+    init = printed["model"]["init_args"]
+    assert init["brain"]["kind"] == "basis" and init["feature_sources"]
     assert printed["data"]["hierarchy_tables"] == (2 if name == "mnm" else 0)
     folders = {
         callback["init_args"].get("dirpath")
