@@ -342,18 +342,24 @@ class _FastAngle(torch.autograd.Function):
         x_norm = _norm(x)
         # L = c <x, y>_L <= -1, and the angle's cosine r = (y_t + L x_t) / (|x| sqrt(L^2 - 1)).
         lorentz_l = torch.addr(x @ y.T, x_time, y_time, alpha=-1.0).mul_(c)
-        root = lorentz_l.pow(2).sub_(1.0).clamp_min_(TINY**2).sqrt_()
-        denominator = root * x_norm.unsqueeze(1)
+        l_sq = lorentz_l.pow(2).sub_(1.0)
+        # Undefined (0, inside the cone, as the stable form): x at the origin, or y = x.
+        degenerate = (l_sq <= TINY**2) | (x_norm <= TINY).unsqueeze(1)
+        denominator = l_sq.clamp_min_(TINY**2).sqrt_().mul_(x_norm.unsqueeze(1))
         ratio = lorentz_l * x_time.unsqueeze(1)
         ratio.add_(y_time.unsqueeze(0)).div_(denominator)
-        angle = ratio.clamp(-1.0 + ANGLE_EPS, 1.0 - ANGLE_EPS).acos_()
-        ctx.save_for_backward(x, y, c, x_time, y_time, x_norm, lorentz_l, denominator, ratio)
+        angle = ratio.clamp(-1.0 + ANGLE_EPS, 1.0 - ANGLE_EPS).acos_().masked_fill_(degenerate, 0.0)
+        ctx.save_for_backward(
+            x, y, c, x_time, y_time, x_norm, lorentz_l, denominator, ratio, degenerate
+        )
         return angle
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        x, y, c, x_time, y_time, x_norm, lorentz_l, denominator, ratio = ctx.saved_tensors
-        inside = ratio.abs() < 1.0 - ANGLE_EPS
+        x, y, c, x_time, y_time, x_norm, lorentz_l, denominator, ratio, degenerate = (
+            ctx.saved_tensors
+        )
+        inside = (ratio.abs() < 1.0 - ANGLE_EPS) & ~degenerate
         # d angle / d r = -1 / sqrt(1 - r^2), 0 where acos's input was clamped.
         g_r = ratio.pow(2).neg_().add_(1.0).clamp_min_(TINY).rsqrt_().mul_(grad).neg_()
         g_r.masked_fill_(~inside, 0.0)
