@@ -343,8 +343,10 @@ class _FastAngle(torch.autograd.Function):
         # L = c <x, y>_L <= -1, and the angle's cosine r = (y_t + L x_t) / (|x| sqrt(L^2 - 1)).
         lorentz_l = torch.addr(x @ y.T, x_time, y_time, alpha=-1.0).mul_(c)
         l_sq = lorentz_l.pow(2).sub_(1.0)
-        # Undefined (0, inside the cone, as the stable form): x at the origin, or y = x.
-        degenerate = (l_sq <= TINY**2) | (x_norm <= TINY).unsqueeze(1)
+        # 0 (inside the cone), as the stable form, where the angle is undefined: x at the
+        # origin, or y = x; here also y within about 1e-3 of x (sinh^2(sqrt(c) d) = L^2 - 1
+        # below 1e-6), where float32 has no digits of L^2 - 1 left.
+        degenerate = (l_sq <= ANGLE_EPS) | (x_norm <= TINY).unsqueeze(1)
         denominator = l_sq.clamp_min_(TINY**2).sqrt_().mul_(x_norm.unsqueeze(1))
         ratio = lorentz_l * x_time.unsqueeze(1)
         ratio.add_(y_time.unsqueeze(0)).div_(denominator)
