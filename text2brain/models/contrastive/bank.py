@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from text2brain.models.contrastive.losses import cosine_logits
 from text2brain.models.contrastive.retrieval import (
     RelatedArticle,
     RetrievalBank,
@@ -93,15 +94,22 @@ class RetrievalBankMixin:
         return self.embed_map_chunks(len(bank), lambda s, e: bank.render(range(s, e)))
 
     @torch.no_grad()
-    def embed_map_chunks(self, n: int, maps: Callable[[int, int], Tensor]) -> Tensor:
+    def embed_map_chunks(
+        self,
+        n: int,
+        maps: Callable[[int, int], Tensor],
+        embed: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
         """Points (n, d) of ``maps(start, end)`` (rows start..end-1), in eval mode and fp32,
-        `BANK_CHUNK` maps at a time."""
+        `BANK_CHUNK` maps at a time, by `embed` (default: the net's `embed_maps` of masked maps;
+        a basis tower's `embed_brain_features` of cached coefficients)."""
+        embed = self.net.embed_maps if embed is None else embed
         training = self.training
         self.eval()
         try:
             with torch.autocast(self.device.type, enabled=False):
                 chunks = [
-                    self.net.embed_maps(maps(s, min(n, s + BANK_CHUNK)).to(self.device))
+                    embed(maps(s, min(n, s + BANK_CHUNK)).to(self.device))
                     for s in range(0, n, BANK_CHUNK)
                 ]
         finally:
@@ -190,9 +198,7 @@ class RetrievalBankMixin:
             return geometry.cross_distance(text, brain)
         if space == "geodesic":
             return geometry.distance(text, brain)
-        unit_text = torch.nn.functional.normalize(text.float(), dim=-1)
-        unit_brain = torch.nn.functional.normalize(brain.float(), dim=-1)
-        return 1.0 - unit_text @ unit_brain.T
+        return 1.0 - cosine_logits(text, brain, 1.0)
 
     # -- retrieval both ways ------------------------------------------------------------------
     @torch.inference_mode()

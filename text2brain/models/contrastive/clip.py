@@ -232,11 +232,7 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
             brain = self.net.embed_brain_features(batch["brain_features"])
         else:
             text = self.embed_text(batch)
-            maps = batch["map"]
-            extra = batch.get("hierarchy_maps")
-            if self.uses_hierarchy and extra is not None and len(extra):
-                maps = torch.cat([maps, extra.to(maps.dtype)])
-            brain = self.net.embed_maps(maps)
+            brain = self.net.embed_maps(self.training_maps(batch))
         paired = brain[: len(text)]
         geometry = self.net.geometry
         contrastive = geometry.contrastive_loss(text, paired)
@@ -248,6 +244,15 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
             **{name: value.detach() for name, (value, _) in terms.items()},
             **geometry.stats(text, paired),
         }
+
+    def training_maps(self, batch: dict[str, Any]) -> Tensor:
+        """A rendered training batch's maps, then its `hierarchy_maps` when the head uses them:
+        the rows of the brain embeddings its losses index."""
+        maps = batch["map"]
+        extra = batch.get("hierarchy_maps")
+        if self.uses_hierarchy and extra is not None and len(extra):
+            maps = torch.cat([maps, extra.to(maps.dtype)])
+        return maps
 
     # -- cached features ----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -349,13 +354,9 @@ class CLIP(RetrievalBankMixin, TextEncoderHead):
         bank, tables = self.bank, self.feature_tables
         if tables is None or self._feature_ids != list(bank.ids):
             return super().embed_bank()
-        training = self.training
-        self.eval()
-        try:
-            with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-                return self.net.embed_brain_features(tables.article.to(self.device))
-        finally:
-            self.train(training)
+        return self.embed_map_chunks(
+            len(tables.article), lambda s, e: tables.article[s:e], self.net.embed_brain_features
+        )
 
     # -- maps ---------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Tensor:

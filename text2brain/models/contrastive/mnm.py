@@ -6,7 +6,6 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from text2brain.models.contrastive import losses
@@ -142,7 +141,7 @@ class MNM(CLIP):
         if hp.breadth_weight > 0:
             breadth = batch.get("breadth")
             if breadth is None:
-                breadth = map_breadth(self._batch_maps(batch))
+                breadth = map_breadth(self.training_maps(batch))
             terms["breadth"] = (
                 losses.breadth_ordering_loss(
                     brain, breadth.to(brain.device), geometry.curvature(), hp.breadth_ratio
@@ -171,12 +170,6 @@ class MNM(CLIP):
         terms["hierarchy"] = (hierarchy[0], hp.hierarchy_weight)
         terms["ordering"] = (hierarchy[1], hp.ordering_weight)
         return terms
-
-    def _batch_maps(self, batch: dict[str, Any]) -> Tensor:
-        """A rendered batch's maps in the order its brain embeddings are (maps, then tables)."""
-        extra = batch.get("hierarchy_maps")
-        maps = batch["map"]
-        return maps if extra is None or not len(extra) else torch.cat([maps, extra.to(maps.dtype)])
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
