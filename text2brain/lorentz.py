@@ -337,8 +337,8 @@ class _FastAngle(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, y: Tensor, c: Tensor) -> Tensor:  # type: ignore[override]
-        x_time = (1.0 / c + x.pow(2).sum(-1)).sqrt()
-        y_time = (1.0 / c + y.pow(2).sum(-1)).sqrt()
+        x_time = time_component(x, c)
+        y_time = time_component(y, c)
         x_norm = _norm(x)
         # L = c <x, y>_L <= -1, and the angle's cosine r = (y_t + L x_t) / (|x| sqrt(L^2 - 1)).
         lorentz_l = torch.addr(x @ y.T, x_time, y_time, alpha=-1.0).mul_(c)
@@ -347,18 +347,19 @@ class _FastAngle(torch.autograd.Function):
         # origin, or y = x; here also y within about 1e-3 of x (sinh^2(sqrt(c) d) = L^2 - 1
         # below 1e-6), where float32 has no digits of L^2 - 1 left.
         degenerate = (l_sq <= ANGLE_EPS) | (x_norm <= TINY).unsqueeze(1)
-        denominator = l_sq.clamp_min_(TINY**2).sqrt_().mul_(x_norm.unsqueeze(1))
+        l_sq.clamp_min_(TINY**2)  # kept for the backward, which needs L^2 - 1 again
+        denominator = l_sq.sqrt().mul_(x_norm.unsqueeze(1))
         ratio = lorentz_l * x_time.unsqueeze(1)
         ratio.add_(y_time.unsqueeze(0)).div_(denominator)
         angle = ratio.clamp(-1.0 + ANGLE_EPS, 1.0 - ANGLE_EPS).acos_().masked_fill_(degenerate, 0.0)
         ctx.save_for_backward(
-            x, y, c, x_time, y_time, x_norm, lorentz_l, denominator, ratio, degenerate
+            x, y, c, x_time, y_time, x_norm, lorentz_l, l_sq, denominator, ratio, degenerate
         )
         return angle
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        x, y, c, x_time, y_time, x_norm, lorentz_l, denominator, ratio, degenerate = (
+        x, y, c, x_time, y_time, x_norm, lorentz_l, l_sq, denominator, ratio, degenerate = (
             ctx.saved_tensors
         )
         inside = (ratio.abs() < 1.0 - ANGLE_EPS) & ~degenerate
@@ -366,7 +367,6 @@ class _FastAngle(torch.autograd.Function):
         g_r = ratio.pow(2).neg_().add_(1.0).clamp_min_(TINY).rsqrt_().mul_(grad).neg_()
         g_r.masked_fill_(~inside, 0.0)
         # dr/dL = x_t / D - r L / (L^2 - 1); dr/dy_t = 1 / D; dr/dx_t = L / D; dr/d|x| = -r/|x|.
-        l_sq = lorentz_l.pow(2).sub_(1.0).clamp_min_(TINY**2)
         g_over_d = g_r / denominator
         g_l = g_over_d * x_time.unsqueeze(1)
         g_l.sub_(g_r * ratio * lorentz_l / l_sq)

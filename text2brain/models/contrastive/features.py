@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from text2brain.models.targets import scaled_targets
+from text2brain.models.targets import parse_transform, scaled_targets
 
 #: A voxel counts towards a map's breadth when it reaches this fraction of the map's maximum.
 BREADTH_FRACTION = 0.05
@@ -60,7 +60,7 @@ class MapBasis(nn.Module):
             raise ValueError(f"n_components must be an int, got {n_components!r}")
         if not 1 <= n_components <= n_voxels:
             raise ValueError(f"n_components must be in [1, {n_voxels}], got {n_components}")
-        scaled_targets(torch.zeros(1, 1), transform)  # a bad transform name fails here
+        parse_transform(transform)  # a bad name fails here, not at fit
         self.transform = transform
         self.register_buffer("mean", torch.zeros(n_voxels))
         self.register_buffer("components", torch.zeros(n_components, n_voxels))
@@ -98,7 +98,7 @@ class MapBasis(nn.Module):
         x -= mean
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            _, s, v = torch.svd_lowrank(x, q=min(self.n_components + 16, min(x.shape)), niter=4)
+            _, _, v = torch.svd_lowrank(x, q=min(self.n_components + 16, min(x.shape)), niter=4)
         components = v[:, : self.n_components].T.contiguous()
         coefficients = x @ components.T
         self.mean.copy_(mean)
