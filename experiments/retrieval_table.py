@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,6 +48,7 @@ from text2brain.metrics import dice_auc_from_curve, dice_curve
 from text2brain.models.contrastive.features import map_breadth
 from text2brain.models.contrastive.retrieval import retrieval_weights, weighted_maps
 from text2brain.models.targets import scaled_targets
+from text2brain.outputs import write_text
 
 KS = (1, 10, 100)
 CHUNK = 256
@@ -174,7 +174,7 @@ def table(args: argparse.Namespace, data: TextMapDataModule) -> None:
     ]
     print("\n".join(report))
     if args.out:
-        Path(args.out).write_text("\n".join(report) + "\n")
+        write_text(args.out, "\n".join(report) + "\n")
 
 
 def hubs(args: argparse.Namespace, data: TextMapDataModule) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from text2brain.models.targets import parse_transform
 from text2brain.tokens import DEFAULT_ENCODER
 from text2brain.validation import check_number
 
@@ -109,6 +110,7 @@ class BrainEncoderSettings:
         if self.kind not in BRAIN_ENCODERS:
             raise ValueError(f"brain.kind must be one of {BRAIN_ENCODERS}, got {self.kind!r}")
         check_number(self.dropout, "brain.dropout", 0, 1, high_open=True)
+        parse_transform(self.transform)  # a bad name fails here, not when the tower is built
         _require_int(self.components, "brain.components", 1)
         _require_int(self.width, "brain.width", 1)
         _require_int(self.blocks, "brain.blocks", 0)

@@ -231,3 +231,10 @@ def test_an_unfitted_basis_is_refused_before_evaluation(
     data = tiny_datamodule(data_files, tiny_bert, hierarchy_tables=2)
     with pytest.raises(ValueError, match="map basis is not fitted: train the head first"):
         quiet_trainer(tmp_path).validate(model, datamodule=data, verbose=False)
+
+
+def test_a_bad_basis_transform_is_refused_at_construction(tiny_bert: Path) -> None:
+    with pytest.raises(ValueError, match="target_transform 'cube' is not one of"):
+        tiny_model(
+            "mnm", tiny_bert, **{**FEATURES, "brain": {"kind": "basis", "transform": "cube"}}
+        )
